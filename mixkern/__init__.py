@@ -1,0 +1,21 @@
+"""mixkern: MixLLM-style mixed-precision LLM quantization (W4A8 + W8A8 per output feature).
+
+    pw = mixkern.quantize_weight(w, eight_bit_features=idx)   # PackedWeight
+    y  = mixkern.gemm(x, pw)                                   # torch.ops.mixkern.gemm
+
+The format's exact math is in :mod:`mixkern.format`; :mod:`mixkern.reference` executes it.
+"""
+
+from .format import FORMAT_VERSION, GROUP_SIZES, PackedWeight, WeightFormat
+from .ops import gemm
+from .packing import pack_int4, unpack_int4
+from .quantize import quantize_activation, quantize_weight
+from .reference import reference_gemm, tolerance
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "PackedWeight", "WeightFormat", "FORMAT_VERSION", "GROUP_SIZES",
+    "quantize_weight", "quantize_activation", "gemm", "reference_gemm", "tolerance",
+    "pack_int4", "unpack_int4",
+]

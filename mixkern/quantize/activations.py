@@ -1,0 +1,29 @@
+"""Per-token symmetric int8 activation quantization: the exact rule every kernel reproduces.
+
+For row m of x (computed in float32 from fp16/bf16 input, which is exact):
+    amax[m] = max_k |x[m, k]|
+    a[m]    = amax[m] / 127                      (fp32, IEEE round-to-nearest division)
+    xq[m,k] = clamp(rint(x[m, k] / a[m]), -127, 127)   (fp32 division, round half to even)
+A row of zeros gets a[m] = 0 and xq = 0.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .._checks import ACTIVATION_DTYPES, check_finite, check_tensor
+
+INT8_MAX = 127
+
+
+def quantize_activation(x: torch.Tensor, *, check: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """x (M, K) fp16/bf16 -> (xq int8 (M, K), a float32 (M,)) with x ~= a[:, None] * xq."""
+    if check:
+        check_tensor(x, "x", ACTIVATION_DTYPES + (torch.float32,), ndim=2)
+        check_finite(x, "x")
+    xf = x.to(torch.float32)
+    amax = xf.abs().amax(dim=1)
+    a = amax / INT8_MAX
+    safe = torch.where(a > 0, a, torch.ones_like(a))
+    xq = torch.round(xf / safe[:, None]).clamp_(-INT8_MAX, INT8_MAX).to(torch.int8)
+    return xq, a
