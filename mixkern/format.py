@@ -89,6 +89,15 @@ class PackedWeight:
     def __post_init__(self):
         self.validate()
 
+    @classmethod
+    def unchecked(cls, **values) -> "PackedWeight":
+        """Build without :meth:`validate` (which syncs with the device): for the op's hot path,
+        whose arguments came from a validated PackedWeight."""
+        obj = object.__new__(cls)
+        for f in fields(cls):
+            object.__setattr__(obj, f.name, values.get(f.name, f.default))
+        return obj
+
     # -- structure ---------------------------------------------------------------------
     @property
     def out_features(self) -> int:

@@ -1,8 +1,8 @@
 """``mixkern.gemm(x, packed_w)``: the public GEMM, a real torch op (``torch.ops.mixkern.gemm``).
 
 The op takes the PackedWeight's tensors flat (custom ops take tensors and scalars), so it
-traces under ``torch.compile`` through its fake implementation.  Every device runs the
-reference implementation today; device kernels register themselves here as they land.
+traces under ``torch.compile`` through its fake implementation.  It runs the exact
+reference implementation on CPU; on CUDA the TileLang kernels of :mod:`mixkern.kernels`.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ FORMATS_BY_ID = {v: k for k, v in FORMAT_IDS.items()}
 
 
 def _packed_from_args(n, k, group_size, format_id, idx4, idx8, qweight4, zeros4, scales4, chan_scale4, qweight8, scale8):
-    return PackedWeight(
+    return PackedWeight.unchecked(
         shape=(n, k), group_size=group_size, format=FORMATS_BY_ID[format_id], idx4=idx4, idx8=idx8,
         qweight4=qweight4, zeros4=zeros4, scales4=scales4, chan_scale4=chan_scale4, qweight8=qweight8, scale8=scale8,
     )
@@ -46,6 +46,15 @@ def _gemm_op(
                            chan_scale4, qweight8, scale8)
     xq, a = quantize_activation(x, check=False)
     return reference_gemm_quantized(xq, a, pw, x.dtype)
+
+
+@_gemm_op.register_kernel("cuda")
+def _gemm_cuda(x, idx4, idx8, qweight4, zeros4, scales4, chan_scale4, qweight8, scale8, n, group_size, format_id):
+    from .kernels.launch import gemm_cuda  # imports tilelang only when a GPU runs the op
+
+    pw = _packed_from_args(n, x.shape[1], group_size, format_id, idx4, idx8, qweight4, zeros4, scales4,
+                           chan_scale4, qweight8, scale8)
+    return gemm_cuda(x, pw)
 
 
 @_gemm_op.register_fake

@@ -56,9 +56,10 @@ def activations(gen, m, k, dtype, scale=1.0, outliers=True):
 
 
 def within(y: torch.Tensor, y64: torch.Tensor, tol: torch.Tensor) -> bool:
-    """|y - y64| <= tol elementwise; where y64 overflows y's dtype, y must be the same-signed inf."""
-    big = y64.abs() > torch.finfo(y.dtype).max
+    """|y - y64| <= tol elementwise; where y64 reaches y's dtype's max, y must saturate there
+    with y64's sign (the dtype's max or inf: which one depends on the last rounding)."""
+    top = torch.finfo(y.dtype).max
+    big = y64.abs() >= top
     yd = y.to(torch.float64)
-    if bool((torch.isinf(yd[big]) & (torch.sign(yd[big]) == torch.sign(y64[big]))).all()) is False:
-        return False
-    return bool(((yd - y64).abs()[~big] <= tol[~big]).all())
+    saturated = (yd[big].abs() >= top) & (torch.sign(yd[big]) == torch.sign(y64[big]))
+    return bool(saturated.all()) and bool(((yd - y64).abs()[~big] <= tol[~big]).all())

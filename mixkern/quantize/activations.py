@@ -23,7 +23,7 @@ def quantize_activation(x: torch.Tensor, *, check: bool = True) -> tuple[torch.T
         check_finite(x, "x")
     xf = x.to(torch.float32)
     amax = xf.abs().amax(dim=1)
-    a = amax / INT8_MAX
+    a = amax / torch.full_like(amax, INT8_MAX)  # tensor / tensor: a true division (CUDA turns / scalar into * 1/scalar)
     safe = torch.where(a > 0, a, torch.ones_like(a))
     xq = torch.round(xf / safe[:, None]).clamp_(-INT8_MAX, INT8_MAX).to(torch.int8)
     return xq, a

@@ -1,0 +1,82 @@
+"""The TileLang kernels on a CUDA GPU against the exact reference (skipped without CUDA)."""
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import mixkern
+from mixkern import quantize_activation, quantize_weight, tolerance
+from mixkern.reference import float64_gemm_quantized, reference_gemm_quantized
+from mixkern.schedules import all_default_schedules
+from strategies import within
+
+pytestmark = pytest.mark.gpu
+KS = (128, 512, 4096)  # K is compiled in; M, N and the 4-/8-bit split are dynamic
+
+
+@pytest.fixture(scope="module", autouse=True)
+def compiled_kernels():
+    from mixkern.bench import warm_compile_cache
+    from mixkern.kernels.launch import arch_of
+    warm_compile_cache(KS, arch_of(torch.device("cuda")), ("float16", "bfloat16"))
+
+
+@pytest.fixture(autouse=True)
+def poison_outputs(monkeypatch):
+    from mixkern.kernels import launch
+    monkeypatch.setattr(launch, "POISON_OUTPUT", True)
+
+
+def _inputs(seed, m, n, k, fraction, dtype):
+    gen = torch.Generator(device="cuda").manual_seed(seed)
+    w = torch.randn(n, k, device="cuda", generator=gen) * 0.05
+    w[torch.randint(0, n, (max(1, n // 20),), device="cuda", generator=gen)] *= 10
+    idx = torch.randperm(n, device="cuda", generator=gen)[: round(fraction * n)]
+    x = torch.randn(m, k, device="cuda", generator=gen) * torch.exp(torch.randn(m, 1, device="cuda", generator=gen))
+    return quantize_weight(w, idx.cpu().tolist(), 128), x.to(dtype)
+
+
+def _check(x, pw, **schedules):
+    from mixkern.kernels.launch import gemm_cuda
+    y = gemm_cuda(x, pw, **schedules) if schedules else mixkern.gemm(x, pw)
+    xq, a = quantize_activation(x)
+    y_ref = reference_gemm_quantized(xq, a, pw, x.dtype)
+    assert not torch.isnan(y).any(), "kernel left outputs unwritten"
+    assert within(y, float64_gemm_quantized(xq, a, pw), tolerance(xq, a, pw, x.dtype))
+    return (y != y_ref).float().mean().item()  # fraction of outputs not bit-equal to the reference
+
+
+@settings(max_examples=60)
+@given(m=st.one_of(st.integers(1, 20), st.integers(1, 600), st.sampled_from([4096, 4097])),
+       n=st.one_of(st.integers(1, 300), st.sampled_from([4096, 1000])), k=st.sampled_from(KS),
+       fraction=st.sampled_from([0.0, 0.1, 0.5, 1.0]), dtype=st.sampled_from([torch.float16, torch.bfloat16]),
+       seed=st.integers(0, 2**31 - 1))
+def test_gemm_kernels_match_reference(m, n, k, fraction, dtype, seed):
+    x_pw = _inputs(seed, m, n, k, fraction, dtype)
+    assert _check(x_pw[1], x_pw[0]) == 0.0
+
+
+@pytest.mark.parametrize("schedule", all_default_schedules(), ids=lambda s: s.key)
+@pytest.mark.parametrize("m", [1, 16, 77, 300])
+def test_every_default_schedule(schedule, m):
+    pw, x = _inputs(m, m, 520, 4096, 0.1, torch.float16)
+    assert _check(x, pw, schedule4=schedule, schedule8=schedule) == 0.0
+
+
+@given(m=st.integers(1, 70), k=st.sampled_from(KS), dtype=st.sampled_from([torch.float16, torch.bfloat16]),
+       scale=st.floats(-3, 3), seed=st.integers(0, 2**31 - 1))
+def test_activation_kernel_is_bit_exact(m, k, dtype, scale, seed):
+    from mixkern.kernels.launch import quantize_activation_cuda
+    gen = torch.Generator(device="cuda").manual_seed(seed)
+    x = (torch.randn(m, k, device="cuda", generator=gen) * 10**scale).to(dtype)
+    x[0, : k // 2] = 0
+    xq, a = quantize_activation_cuda(x)
+    xq_ref, a_ref = quantize_activation(x)
+    assert torch.equal(a, a_ref) and torch.equal(xq, xq_ref)
+
+
+def test_group_float_has_no_cuda_kernel_and_says_so():
+    pw = quantize_weight(torch.randn(64, 256, device="cuda"), None, 128, "groupfloat")
+    with pytest.raises(NotImplementedError, match="progressive"):
+        mixkern.gemm(torch.randn(2, 256, device="cuda", dtype=torch.float16), pw)
