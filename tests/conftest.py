@@ -5,7 +5,7 @@ import torch
 from hypothesis import HealthCheck, settings
 
 settings.register_profile(
-    "default", max_examples=int(os.environ.get("MIXKERN_EXAMPLES", "40")), deadline=None,
+    "default", max_examples=int(os.environ.get("MIXKERN_EXAMPLES", "100")), deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 settings.load_profile("default")
