@@ -1,5 +1,4 @@
 """Device debugging aid: isolate activation-quant and GEMM mismatches against the reference."""
-import sys
 import torch
 from mixkern import quantize_activation, quantize_weight
 from mixkern.reference import reference_gemm_quantized

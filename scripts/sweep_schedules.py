@@ -1,5 +1,7 @@
 """Prototype schedule sweep (input for the autotuner): CUDA-graph time of gemm_cuda per schedule."""
-import itertools, sys, torch
+import itertools
+
+import torch
 from concurrent.futures import ProcessPoolExecutor
 from mixkern import quantize_weight
 from mixkern.bench import _median_ms, _compile_one
@@ -23,8 +25,7 @@ for (n, k) in shapes:
         for m, s in itertools.product(ms, cands[phase]):
             x = torch.randn(m, k, device="cuda").half()
             try:
-                t = _median_ms(lambda: gemm_cuda(x, pw, schedule4=s))
-                y = gemm_cuda(x, pw, schedule4=s)
-                print(f"{n}x{k} m={m} {s.key} {t*1e3:.1f} us  {2*m*n*k/t/1e9:.0f} GOPS  {pw.nbytes/t/1e9:.0f} GB/s", flush=True)
+                t = _median_ms(lambda: gemm_cuda(x, pw, schedule4=s)) * 1e-3  # seconds
+                print(f"{n}x{k} m={m} {s.key} {t*1e6:.1f} us  {2*m*n*k/t/1e12:.1f} TOPS  {pw.nbytes/t/1e9:.0f} GB/s", flush=True)
             except Exception as e:
                 print(f"{n}x{k} m={m} {s.key} FAILED {str(e)[-300:]}", flush=True)

@@ -24,6 +24,11 @@ from ..schedules import Schedule
 DTYPES = {"float16": "float16", "bfloat16": "bfloat16"}
 
 
+def _scaled(acc, a, s, out: str):
+    """The float epilogue of the format, in its one order: out((fp32(acc) * a[m]) * s[n])."""
+    return T.Cast(out, (T.Cast("float32", acc) * a) * s)
+
+
 @T.macro
 def _decode_progressive(W_p, W_8, S2, Z, n_base, k_base, rows, group_size, block_n, block_k):
     """Registers: packed nibbles (word-interleaved order of mixkern.packing) -> int8 (q - z) * s2."""
@@ -80,7 +85,7 @@ def mixed_gemm(bits: int, k: int, group_size: int, schedule: Schedule, out_dtype
                     if split:
                         T.atomic_add(Acc[row, col], acc[i, j])
                     else:
-                        Y[row, Idx[col]] = T.Cast(out, (T.Cast("float32", acc[i, j]) * A[row]) * S[col])
+                        Y[row, Idx[col]] = _scaled(acc[i, j], A[row], S[col], out)
 
     w_shape, w_dtype = ((rows, k // 2), "uint8") if bits == 4 else ((rows, k), "int8")
     sz_shape = (rows, g) if bits == 4 else (1, 1)  # 8-bit rows have no group scales: 1-byte placeholders
@@ -112,6 +117,6 @@ def epilogue(out_dtype: str = "float16", block_m: int = 16, block_n: int = 128):
                 row = by * block_m + i
                 col = bx * block_n + j
                 if row < m and col < rows:
-                    Y[row, Idx[col]] = T.Cast(out, (T.Cast("float32", Acc[row, col]) * A[row]) * S[col])
+                    Y[row, Idx[col]] = _scaled(Acc[row, col], A[row], S[col], out)
 
     return main
