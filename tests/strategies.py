@@ -27,7 +27,7 @@ def weights(draw, max_n=96, max_groups=4):
         w[:, cols] *= draw(st.floats(2, 20))
     if draw(st.booleans()):  # a few exact zeros and an all-zero group
         w[0, :group_size] = 0
-    return w, group_size
+    return w.clamp(-6e4, 6e4), group_size  # finite once cast to fp16
 
 
 @st.composite
