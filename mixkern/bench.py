@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from .format import PackedWeight
 from .quantize import quantize_activation, quantize_weight
 from .reference import float64_gemm_quantized, tolerance
-from .schedules import DEFAULTS
+from .schedules import DEFAULTS, all_default_schedules, bucket, pick
 
 LLAMA_SHAPES = ["4096x4096", "1024x4096", "14336x4096", "4096x14336", "8192x8192", "28672x8192", "8192x28672"]
 M_VALUES = [1, 4, 16, 64, 256, 1024, 4096]
@@ -50,12 +50,15 @@ def _compile_one(args):
     return args
 
 
-def warm_compile_cache(ks, arch, dtypes=("float16",), workers=12):
-    """Compile every default-schedule kernel for these K values in parallel processes."""
+def warm_compile_cache(arch: str, plan: dict, dtypes=("float16",), workers=12):
+    """Compile, in parallel processes, every kernel of the schedules in ``plan`` ({K: schedules})."""
+    from .kernels.launch import kernel_jobs
     jobs = set()
     for dtype in dtypes:
-        jobs |= {("act", arch, k, dtype) for k in ks} | {("epi", arch, dtype)}
-        jobs |= {(kind, arch, k, 128, s, dtype) for k in ks for s in set(DEFAULTS.values()) for kind in ("w4", "w8")}
+        for k, schedules in plan.items():
+            for s in schedules:
+                for has4, has8 in ((True, True), (True, False), (False, True)):
+                    jobs |= set(kernel_jobs(arch, k, 128, s, dtype, has4, has8))
     t0 = time.perf_counter()
     with ProcessPoolExecutor(workers) as pool:
         list(pool.map(_compile_one, sorted(jobs, key=str)))
@@ -97,6 +100,7 @@ def check(x, pw: PackedWeight) -> float:
 
 
 def run(shapes, ms, fractions, seed=0):
+    from .kernels.launch import arch_of, gemm_cuda
     from .ops import gemm
     bw, peak = copy_bandwidth(), int8_peak()
     print(f"copy bandwidth {bw / 1e12:.2f} TB/s, torch._int_mm peak {peak / 1e12:.0f} TOPS", file=sys.stderr)
@@ -116,6 +120,9 @@ def run(shapes, ms, fractions, seed=0):
                 row["int8_ms"] = _median_ms(lambda: w8a8_torch(x, w8t, s8)) if m > 16 else None
             except RuntimeError:
                 row["int8_ms"] = None
+            default = DEFAULTS[bucket(m)]
+            row["default"], row["tuned"] = default.key, pick(arch_of(x.device), m, n, k).key
+            row[f"mixkern_{fractions[-1]:g}_default_ms"] = _median_ms(lambda: gemm_cuda(x, packed[fractions[-1]], default))
             for f, pw in packed.items():
                 row[f"err_{f:g}"] = check(x, pw)
                 row[f"mixkern_{f:g}_ms"] = _median_ms(lambda: gemm(x, pw))
@@ -131,7 +138,8 @@ def run(shapes, ms, fractions, seed=0):
 def table(rows, fractions) -> str:
     f0, f1 = fractions[0], fractions[-1]
     head = (f"| N x K | M | cuBLAS fp16 us | int8 W8A8 us | mixkern {f0:.0%} us | mixkern {f1:.0%} us | {f0:.0%} eager us "
-            f"| speedup vs fp16 ({f0:.0%}) | {f0:.0%} / HBM floor | {f1:.0%} / {f0:.0%} | max err/tol |")
+            f"| speedup vs fp16 ({f0:.0%}) | {f0:.0%} / HBM floor | {f1:.0%} / {f0:.0%} | {f1:.0%} default-schedule us "
+            f"| tuned / default | max err/tol |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         i8 = f"{r['int8_ms'] * 1e3:.1f}" if r["int8_ms"] else "n/a"
@@ -140,7 +148,8 @@ def table(rows, fractions) -> str:
         err = max(r[f"err_{f:g}"] for f in fractions)
         lines.append(f"| {r['shape']} | {r['m']} | {r['fp16_ms'] * 1e3:.1f} | {i8} | {t0 * 1e3:.1f} | {t1 * 1e3:.1f} "
                      f"| {r[f'mixkern_{f0:g}_eager_ms'] * 1e3:.1f} "
-                     f"| {r['fp16_ms'] / t0:.2f}x | {floor / t0:.0%} | {t1 / t0:.2f} | {err:.2f} |")
+                     f"| {r['fp16_ms'] / t0:.2f}x | {floor / t0:.0%} | {t1 / t0:.2f} "
+                     f"| {r[f'mixkern_{f1:g}_default_ms'] * 1e3:.1f} | {t1 / r[f'mixkern_{f1:g}_default_ms']:.2f} | {err:.2f} |")
     return "\n".join(lines)
 
 
@@ -173,7 +182,12 @@ def main(argv=None) -> int:
         print("error: python -m mixkern.bench needs a CUDA GPU", file=sys.stderr)
         return 2
     from .kernels.launch import arch_of
-    warm_compile_cache({int(s.split("x")[1]) for s in args.shapes}, arch_of(torch.device("cuda")))
+    arch = arch_of(torch.device("cuda"))
+    plan = {}
+    for shape in args.shapes:
+        n, k = map(int, shape.split("x"))
+        plan.setdefault(k, set(all_default_schedules())).update(pick(arch, m, n, k) for m in args.m)
+    warm_compile_cache(arch, plan)
     rows = run(args.shapes, args.m, args.fractions)
     if args.json:
         with open(args.json, "w") as f:

@@ -15,12 +15,14 @@ K = 4096
 
 
 def _variants():
+    from mixkern.kernels.launch import kernel_jobs
     from mixkern.schedules import all_default_schedules
     out = []
     for arch in ARCHS:
         for dtype in DTYPES:
-            out += [("act", arch, K, dtype), ("epi", arch, dtype)]
-            out += [(kind, arch, K, 128, s, dtype) for s in all_default_schedules() for kind in ("w4", "w8")]
+            for s in all_default_schedules():
+                for has4, has8 in ((True, True), (True, False), (False, True)):
+                    out += [j for j in kernel_jobs(arch, K, 128, s, dtype, has4, has8) if j not in out]
     return out
 
 
@@ -41,6 +43,10 @@ def test_kernel_compiles_with_expected_instructions(job, sources):
     src = sources[job]
     kind, arch = job[0], job[1]
     assert "__global__" in src
+    if kind == "gemv":  # decode: 128-bit weight loads, int8 dot products on CUDA cores
+        assert "*(int4*)(W" in src and "__dp4a(" in src
+        assert ("& 252645135" in src) == job[6]  # 0x0F0F0F0F: the word-wise nibble decode, 4-bit rows only
+        return
     if kind not in ("w4", "w8"):
         return
     int8_mma = "DataType::kInt8, tl::DataType::kInt8, tl::DataType::kInt32"  # int8 x int8 -> int32

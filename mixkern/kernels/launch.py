@@ -6,6 +6,7 @@ of 4-/8-bit rows are dynamic -- and are cached in memory here and on disk by Til
 after the first call.
 """
 
+import os
 from functools import lru_cache
 
 import tilelang
@@ -13,8 +14,9 @@ import torch
 from tilelang import tvm
 
 from ..format import PackedWeight, WeightFormat
-from ..schedules import Schedule, pick
+from ..schedules import AnySchedule, GemvSchedule, Schedule, pick
 from .act_quant import act_quant
+from .decode_gemv import decode_gemv
 from .mixed_gemm import epilogue, mixed_gemm
 
 TL_DTYPES = {torch.float16: "float16", torch.bfloat16: "bfloat16"}
@@ -22,6 +24,11 @@ POISON_OUTPUT = False  # tests set this: outputs start as NaN, so an unwritten e
 
 
 def arch_of(device: torch.device) -> str:
+    """The build target for this GPU.  ``MIXKERN_ARCH=sm_80+sm_90`` runs the Ampere kernels on an
+    H100: sm_80 code, shipped with sm_90 machine code built from its compute_80 PTX."""
+    forced = os.environ.get("MIXKERN_ARCH")
+    if forced:
+        return forced
     major, minor = torch.cuda.get_device_capability(device)
     if major == 9:
         return "sm_90a"  # TileLang's warp-specialized TMA + wgmma kernels need the 'a' target
@@ -31,15 +38,22 @@ def arch_of(device: torch.device) -> str:
 
 
 def target(arch: str):
+    """'sm_90a' -> that arch's cubin; 'sm_80+sm_90' -> sm_80 code in a fatbin that also runs on sm_90."""
+    base, *more = arch.split("+")
+    if more:
+        return tvm.target.Target({"kind": "cuda", "arch": base, "code": [base, *more]})
     return tvm.target.Target({"kind": "cuda", "arch": arch})
 
 
 @lru_cache(maxsize=None)
 def compiled(kind: str, arch: str, *args):
-    """Build and compile one kernel: kind 'w4'/'w8' (args k, group_size, schedule, dtype), 'act' (k, dtype), 'epi' (dtype)."""
+    """Build and compile one kernel.  Kinds and their args: 'w4'/'w8' (k, group_size, schedule,
+    dtype), 'gemv' (k, group_size, schedule, dtype, has4, has8), 'act' (k, dtype), 'epi' (dtype)."""
     if kind in ("w4", "w8"):
         k, group_size, schedule, dtype = args
         func = mixed_gemm(4 if kind == "w4" else 8, k, group_size, schedule, dtype)
+    elif kind == "gemv":
+        func = decode_gemv(*args)
     elif kind == "act":
         func = act_quant(*args)
     elif kind == "epi":
@@ -47,6 +61,16 @@ def compiled(kind: str, arch: str, *args):
     else:
         raise ValueError(f"unknown kernel kind {kind!r}")
     return tilelang.compile(func, target=target(arch))
+
+
+def kernel_jobs(arch: str, k: int, group_size: int, schedule: AnySchedule, dtype: str,
+                has4: bool = True, has8: bool = True) -> list[tuple]:
+    """The ``compiled`` argument tuples that one GEMM with this schedule launches."""
+    jobs = [("act", arch, k, dtype)]
+    if isinstance(schedule, GemvSchedule):
+        return jobs + [("gemv", arch, k, group_size, schedule, dtype, has4, has8)]
+    jobs += [(kind, arch, k, group_size, schedule, dtype) for kind, has in (("w4", has4), ("w8", has8)) if has]
+    return jobs + ([("epi", arch, dtype)] if schedule.split_k > 1 else [])
 
 
 @lru_cache(maxsize=None)
@@ -62,6 +86,33 @@ def quantize_activation_cuda(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
     return xq, a
 
 
+def _words(t: torch.Tensor) -> torch.Tensor:
+    """A byte tensor as int32 words for the decode kernel's 128-bit loads (no copy when aligned)."""
+    t = t.contiguous()
+    if t.data_ptr() % 16:
+        t = t.clone()
+    return t.view(torch.int32)
+
+
+@lru_cache(maxsize=None)
+def _empty_rows(device, k: int, group_size: int) -> dict:
+    """One-row stand-ins for the absent precision in the decode kernel's fixed signature."""
+    z = lambda *shape, dtype=torch.int32: torch.zeros(*shape, dtype=dtype, device=device)  # noqa: E731
+    return {4: (z(1, k // 8), z(1, k // group_size, dtype=torch.uint8), z(1, k // group_size, dtype=torch.uint8),
+                z(1, dtype=torch.float32), z(1)),
+            8: (z(1, k // 4), z(1, dtype=torch.float32), z(1))}
+
+
+def _run_gemv(xq, a, pw: PackedWeight, y, schedule: GemvSchedule, arch):
+    k, g = xq.shape[1], pw.group_size
+    has4, has8 = pw.idx4.numel() > 0, pw.idx8.numel() > 0
+    empty = _empty_rows(xq.device, k, g)
+    rows4 = (_words(pw.qweight4), pw.scales4, pw.zeros4, pw.chan_scale4, pw.idx4) if has4 else empty[4]
+    rows8 = (_words(pw.qweight8), pw.scale8, pw.idx8) if has8 else empty[8]
+    kernel = compiled("gemv", arch, k, g, schedule, TL_DTYPES[y.dtype], has4, has8)
+    kernel(_words(xq), a, *rows4, *rows8, y)
+
+
 def _run_rows(kind, xq, a, weights, s2, z, scale, idx, y, schedule: Schedule, group_size, arch):
     kernel = compiled(kind, arch, xq.shape[1], group_size, schedule, TL_DTYPES[y.dtype])
     if schedule.split_k == 1:
@@ -72,25 +123,27 @@ def _run_rows(kind, xq, a, weights, s2, z, scale, idx, y, schedule: Schedule, gr
     compiled("epi", arch, TL_DTYPES[y.dtype])(acc, a, scale, idx, y)
 
 
-def gemm_cuda(x: torch.Tensor, pw: PackedWeight, schedule4: Schedule | None = None,
-              schedule8: Schedule | None = None) -> torch.Tensor:
-    """y = mixkern.gemm(x, pw) with the TileLang kernels (progressive format)."""
+def gemm_cuda(x: torch.Tensor, pw: PackedWeight, schedule: AnySchedule | None = None) -> torch.Tensor:
+    """y = mixkern.gemm(x, pw) with the TileLang kernels (progressive format); ``schedule``
+    overrides the table's choice (the autotuner and tests use it)."""
     if pw.format is not WeightFormat.PROGRESSIVE:
         raise NotImplementedError(
             f"{pw.format.value} has no CUDA kernel; quantize with format='progressive' (the default) "
             "or run this op on CPU")
     arch = arch_of(x.device)
     m, k = x.shape
+    schedule = schedule or pick(arch, m, pw.shape[0], k, pw.group_size)
+    schedule.check(k, pw.group_size)
     xq, a = quantize_activation_cuda(x)
     y = torch.empty(m, pw.shape[0], dtype=x.dtype, device=x.device)
     if POISON_OUTPUT:
         y.fill_(float("nan"))
-    n4, n8 = pw.idx4.numel(), pw.idx8.numel()
-    if n4:
-        s4 = schedule4 or pick(arch, m, n4, k, pw.group_size)
-        _run_rows("w4", xq, a, pw.qweight4, pw.scales4, pw.zeros4, pw.chan_scale4, pw.idx4, y, s4, pw.group_size, arch)
-    if n8:
-        s8 = schedule8 or pick(arch, m, n8, k, pw.group_size)
+    if isinstance(schedule, GemvSchedule):
+        _run_gemv(xq, a, pw, y, schedule, arch)
+        return y
+    if pw.idx4.numel():
+        _run_rows("w4", xq, a, pw.qweight4, pw.scales4, pw.zeros4, pw.chan_scale4, pw.idx4, y, schedule, pw.group_size, arch)
+    if pw.idx8.numel():
         ph = _placeholder(x.device)
-        _run_rows("w8", xq, a, pw.qweight8, ph, ph, pw.scale8, pw.idx8, y, s8, pw.group_size, arch)
+        _run_rows("w8", xq, a, pw.qweight8, ph, ph, pw.scale8, pw.idx8, y, schedule, pw.group_size, arch)
     return y

@@ -8,7 +8,6 @@ never does worse than min/max).  8-bit rows are symmetric per channel.
 
 from __future__ import annotations
 
-from typing import Sequence
 
 import torch
 

@@ -4,7 +4,8 @@ A :class:`Schedule` is a small value (block sizes, pipeline stages, threads, spl
 The kernels compute ``Y^T = W X^T`` (weights are the MMA's left operand, so the int4 ->
 int8 conversion feeds the tensor core from registers), hence ``block_n`` tiles output
 features and ``block_m`` tiles tokens.  ``pick(arch, m, n, k)`` maps a shape to its M
-bucket and returns the table's schedule for it, or the default for the bucket.
+bucket and returns the table's schedule for it, or the default for the bucket.  Decode
+buckets (M <= 16) use a :class:`GemvSchedule`: the dp4a kernel, 4- and 8-bit rows in one launch.
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ import os
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 
-M_BUCKETS = (16, 64, 256, 1024, 1 << 30)  # a GEMM with M tokens uses the first bucket >= M
+TABLE_VERSION = 1
+
+M_BUCKETS = (1, 4, 16, 64, 256, 1024, 1 << 30)  # a GEMM with M tokens uses the first bucket >= M
 
 
 @dataclass(frozen=True, order=True)
@@ -40,39 +43,82 @@ class Schedule:
         return "bm{block_m}_bn{block_n}_bk{block_k}_s{stages}_t{threads}_sk{split_k}".format(**asdict(self))
 
 
-DEFAULTS = {  # per M bucket; from scripts/sweep_schedules.py on the H100 (see docs/kernels.md)
-    16: Schedule(block_m=16, block_n=128, block_k=128, stages=3, threads=128, split_k=4),
-    64: Schedule(block_m=64, block_n=64, block_k=128, stages=4, threads=128, split_k=2),
-    256: Schedule(block_m=64, block_n=128, block_k=128, stages=3, threads=256, split_k=1),
-    1024: Schedule(block_m=256, block_n=128, block_k=128, stages=3, threads=256, split_k=1),
-    1 << 30: Schedule(block_m=256, block_n=128, block_k=128, stages=3, threads=256, split_k=1),
+@dataclass(frozen=True, order=True)
+class GemvSchedule:
+    """The decode kernel (:mod:`mixkern.kernels.decode_gemv`): dp4a on CUDA cores, one launch."""
+
+    rows: int = 2  # output features per block
+    warps: int = 4  # warps per block; together they cover K, 32 values per lane per step
+    tokens: int = 1  # tokens per block (grid y covers the rest)
+
+    def check(self, k: int, group_size: int) -> None:
+        if k % 32 or group_size % 32:
+            raise ValueError(f"the decode kernel needs K and group_size multiples of 32, got K={k}, group_size={group_size}")
+        if not (1 <= self.rows <= 8 and 1 <= self.warps <= 8 and 1 <= self.tokens <= 16):
+            raise ValueError(f"{self}: rows 1..8, warps 1..8, tokens 1..16")
+        if self.rows * self.tokens > 32 * self.warps:
+            raise ValueError(f"{self}: rows * tokens must not exceed the block's threads")
+
+    @property
+    def key(self) -> str:
+        return "gemv_r{rows}_w{warps}_t{tokens}".format(**asdict(self))
+
+
+DEFAULTS = {  # per M bucket, for shapes the table lacks: the most frequent winners of the H100 tuning
+    1: GemvSchedule(rows=2, warps=4, tokens=1),
+    4: GemvSchedule(rows=8, warps=4, tokens=4),
+    16: GemvSchedule(rows=4, warps=2, tokens=16),
+    64: Schedule(block_m=64, block_n=64, block_k=128, stages=4, threads=128, split_k=1),
+    256: Schedule(block_m=128, block_n=128, block_k=128, stages=4, threads=128, split_k=1),
+    1024: Schedule(block_m=256, block_n=128, block_k=64, stages=3, threads=256, split_k=1),
+    1 << 30: Schedule(block_m=256, block_n=128, block_k=64, stages=3, threads=256, split_k=1),
 }
+AnySchedule = Schedule | GemvSchedule
+
+
+def schedule_from_dict(d: dict) -> AnySchedule:
+    """A table entry back into its schedule type (decode entries have 'rows', tensor-core ones 'block_m')."""
+    return GemvSchedule(**d) if "rows" in d else Schedule(**d)
 
 
 def bucket(m: int) -> int:
     return next(b for b in M_BUCKETS if m <= b)
 
 
+def table_path(arch: str) -> str:
+    """Where the table for ``arch`` lives ('sm_80+sm_90', Ampere code run on Hopper, reads sm_80's)."""
+    return os.path.join(os.path.dirname(__file__), f"{arch.split('+')[0]}.json")
+
+
 @lru_cache(maxsize=None)
 def load_table(arch: str) -> dict:
-    """Shipped table for an arch ('sm_90a', 'sm_80'): {'<bucket>:<n>x<k>': Schedule}; empty if none."""
-    path = os.path.join(os.path.dirname(__file__), f"{arch}.json")
+    """Shipped table for an arch ('sm_90a', 'sm_80'): {'<bucket>:<n>x<k>': schedule}; empty if none."""
+    path = table_path(arch)
     if not os.path.exists(path):
         return {}
     with open(path) as f:
         raw = json.load(f)
-    return {key: Schedule(**value) for key, value in raw.get("schedules", {}).items()}
+    if raw.get("version") != TABLE_VERSION:
+        raise ValueError(f"{path}: schedule table version {raw.get('version')!r}, this mixkern reads {TABLE_VERSION}")
+    return {key: schedule_from_dict(value) for key, value in raw.get("schedules", {}).items()}
 
 
-def pick(arch: str, m: int, n: int, k: int, group_size: int = 128) -> Schedule:
-    """The schedule for an (M, N, K) GEMM on ``arch``: table entry, else the bucket default."""
+def table_key(m: int, n: int, k: int) -> str:
+    return f"{bucket(m)}:{n}x{k}"
+
+
+@lru_cache(maxsize=4096)
+def pick(arch: str, m: int, n: int, k: int, group_size: int = 128) -> AnySchedule:
+    """The schedule for an (M, N, K) layer on ``arch`` (N = all output features): table entry, else
+    the bucket default.  A tensor-core schedule serves both the 4-bit and the 8-bit launch."""
     b = bucket(m)
-    schedule = load_table(arch).get(f"{b}:{n}x{k}", DEFAULTS[b])
-    while schedule.split_k > 1 and k % (schedule.block_k * schedule.split_k):
-        schedule = Schedule(**{**asdict(schedule), "split_k": schedule.split_k // 2})
+    schedule = load_table(arch).get(table_key(m, n, k), DEFAULTS[b])
+    if isinstance(schedule, Schedule):
+        while schedule.split_k > 1 and k % (schedule.block_k * schedule.split_k):
+            schedule = Schedule(**{**asdict(schedule), "split_k": schedule.split_k // 2})
     schedule.check(k, group_size)
     return schedule
 
 
-def all_default_schedules() -> list[Schedule]:
-    return sorted(set(DEFAULTS.values()))
+def all_default_schedules() -> list[AnySchedule]:
+    return sorted(set(DEFAULTS.values()), key=lambda s: s.key)

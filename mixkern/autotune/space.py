@@ -1,0 +1,83 @@
+"""The schedule space per M bucket, and the pruning that removes what cannot run well or at all.
+
+Decode buckets (M <= 16) try the dp4a kernel (:class:`GemvSchedule`) and small-tile
+tensor-core schedules with split-K; larger buckets try tensor-core tiles only.  Pruning is
+static, before anything compiles: shared memory per block, accumulator registers per
+thread, K divisibility, wgmma's 64-row minimum per warpgroup, idle lanes in the dp4a
+kernel.  What survives and still fails to compile is reported by the tuner, not hidden.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+from collections import Counter
+
+from ..schedules import DEFAULTS, M_BUCKETS, AnySchedule, GemvSchedule, Schedule
+
+SHARED_BYTES = {"sm_90a": 227 * 1024, "sm_80": 163 * 1024, "sm_86": 99 * 1024, "sm_89": 99 * 1024}
+ACC_REGS_PER_THREAD = 128  # int32 accumulators per thread beyond which the kernel spills
+
+
+def _gemv_space(bucket: int) -> list[GemvSchedule]:
+    if bucket > 16:
+        return []
+    tokens = {1: (1,), 4: (2, 4), 16: (4, 8, 16)}[bucket]
+    return [GemvSchedule(r, w, t) for r, w, t in itertools.product((1, 2, 4, 8), (1, 2, 4, 8), tokens)]
+
+
+def _mma_space(bucket: int) -> list[Schedule]:
+    if bucket <= 16:
+        grid = dict(bm=(16,), bn=(64, 128), bk=(128,), st=(3, 4), th=(128,), sk=(1, 2, 4, 8))
+    elif bucket <= 64:
+        grid = dict(bm=(32, 64), bn=(64, 128), bk=(128,), st=(3, 4), th=(128,), sk=(1, 2, 4))
+    else:
+        grid = dict(bm=(64, 128, 256), bn=(128, 256), bk=(64, 128), st=(2, 3, 4), th=(128, 256), sk=(1,))
+    return [Schedule(*v) for v in itertools.product(*grid.values())]
+
+
+def prune_reason(s: AnySchedule, arch: str, n: int, k: int, group_size: int) -> str | None:
+    """Why ``s`` cannot (or should not) run an N x K layer on ``arch``; None if it may."""
+    base = arch.split("+")[0]
+    try:
+        s.check(k, group_size)
+    except ValueError:
+        return "divisibility"
+    if isinstance(s, GemvSchedule):
+        if s.rows * s.tokens > 64:
+            return "registers"
+        if s.warps * 32 * 32 > max(k, 1024):
+            return "idle lanes"  # one step of the block is longer than K
+        if s.rows > max(n, 1):
+            return "rows > N"
+        return None
+    smem = s.stages * (s.block_m * s.block_k + s.block_n * s.block_k)  # the 8-bit launch is the larger
+    if smem > SHARED_BYTES.get(base, 99 * 1024):
+        return "shared memory"
+    if s.block_m * s.block_n // s.threads > ACC_REGS_PER_THREAD:
+        return "registers"
+    if base == "sm_90a" and s.block_n < 64 * (s.threads // 128):
+        return "wgmma rows"  # each consumer warpgroup issues m64 wgmmas
+    return None
+
+
+def candidates(arch: str, bucket: int, n: int, k: int, group_size: int = 128,
+               limit: int | None = None, seed: int = 0) -> tuple[list[AnySchedule], Counter]:
+    """Schedules worth timing for one (bucket, N, K), the bucket default first; and the
+    count of pruned ones by reason.  ``limit`` keeps the default plus a fixed random sample."""
+    if bucket not in M_BUCKETS:
+        raise ValueError(f"M bucket {bucket} is not one of {M_BUCKETS}")
+    pruned: Counter = Counter()
+    kept = []
+    for s in [DEFAULTS[bucket]] + _gemv_space(bucket) + _mma_space(bucket):
+        reason = prune_reason(s, arch, n, k, group_size)
+        if reason:
+            pruned[reason] += 1
+        elif s not in kept:
+            kept.append(s)
+    if limit is not None and len(kept) > limit:
+        rest = kept[1:]
+        random.Random(seed).shuffle(rest)
+        pruned["over limit"] += len(rest) - (limit - 1)
+        kept = kept[:1] + sorted(rest[: limit - 1], key=lambda s: s.key)
+    return kept, pruned

@@ -1,0 +1,183 @@
+"""Compile every candidate in parallel, check and time each on the GPU, keep the fastest exact one.
+
+Method: one PackedWeight per layer shape (random weights with outlier rows, 10% 8-bit
+features at random, so both launches of a tensor-core schedule and both halves of the
+decode kernel run), fresh activations per M bucket (M = the bucket's bound, 4096 for the
+open last bucket).  A candidate must reproduce the exact reference bit for bit, with its
+output poisoned first, before it is timed; time = median of CUDA-graph replays under
+``triton.testing.do_bench``, which flushes L2 before every replay, so no candidate is timed
+on cached weights.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, field
+
+from .._progress import progress
+from ..schedules import DEFAULTS, TABLE_VERSION, AnySchedule, table_key
+from .space import candidates
+
+FRACTION_8BIT = 0.1
+DTYPE = "float16"
+
+
+def bucket_m(b: int) -> int:
+    """The M a bucket is tuned at: its upper bound (4096 for the open last bucket)."""
+    return min(b, 4096)
+
+
+@dataclass
+class Entry:
+    """One (bucket, N, K) of the table being built."""
+    bucket: int
+    n: int
+    k: int
+    candidates: list
+    pruned: Counter
+    compile_errors: dict = field(default_factory=dict)  # schedule key -> first line of the error
+    wrong: list = field(default_factory=list)  # schedule keys whose output differed from the reference
+    times_us: dict = field(default_factory=dict)  # schedule key -> median us
+
+    @property
+    def key(self) -> str:
+        return table_key(self.bucket, self.n, self.k)
+
+    def best(self) -> AnySchedule | None:
+        timed = [s for s in self.candidates if s.key in self.times_us]
+        return min(timed, key=lambda s: self.times_us[s.key]) if timed else None
+
+
+def plan(arch: str, shapes, buckets, group_size: int = 128, limit: int | None = None) -> list[Entry]:
+    entries = []
+    for b in buckets:
+        for n, k in shapes:
+            kept, pruned = candidates(arch, b, n, k, group_size, limit)
+            entries.append(Entry(b, n, k, kept, pruned))
+    return entries
+
+
+def _jobs(arch: str, entry: Entry, schedule: AnySchedule, group_size: int) -> list[tuple]:
+    from ..kernels.launch import kernel_jobs
+    return kernel_jobs(arch, entry.k, group_size, schedule, DTYPE)
+
+
+def _compile_job(job):
+    from ..kernels.launch import compiled
+    try:
+        compiled(*job)
+        return job, None
+    except Exception as e:  # noqa: BLE001 -- a candidate that does not build is a result, not a crash
+        lines = [ln for ln in str(e).strip().splitlines() if ln.strip()]
+        return job, (lines[-1] if lines else type(e).__name__)[:300]
+
+
+def compile_all(arch: str, entries: list[Entry], group_size: int = 128, workers: int | None = None) -> int:
+    """Compile every candidate's kernels in parallel processes (TileLang's disk cache keeps them);
+    record compile errors on the entries.  Returns the number of kernels built."""
+    jobs = sorted({j for e in entries for s in e.candidates for j in _jobs(arch, e, s, group_size)}, key=str)
+    errors = {}
+    workers = workers or os.cpu_count() or 1
+    with ProcessPoolExecutor(min(workers, max(len(jobs), 1))) as pool:
+        futures = [pool.submit(_compile_job, j) for j in jobs]
+        for fut in progress(as_completed(futures), f"compile {arch}", total=len(futures)):
+            job, err = fut.result()
+            if err:
+                errors[job] = err
+    for e in entries:
+        for s in e.candidates:
+            bad = [errors[j] for j in _jobs(arch, e, s, group_size) if j in errors]
+            if bad:
+                e.compile_errors[s.key] = bad[0]
+    return len(jobs)
+
+
+def measure(arch: str, entries: list[Entry], group_size: int = 128, budget_s: float = float("inf"),
+            timed: bool = True, seed: int = 0) -> None:
+    """Check every compiled candidate against the reference on the present GPU and (if timed)
+    time it.  Stops starting new entries once ``budget_s`` has passed."""
+    import torch
+
+    from .. import quantize_activation, quantize_weight
+    from ..bench import _median_ms
+    from ..kernels import launch
+    from ..reference import reference_gemm_quantized
+
+    gen = torch.Generator(device="cuda").manual_seed(seed)
+    start = time.perf_counter()
+    weights = {}
+    for e in progress(sorted(entries, key=lambda e: (e.n, e.k, e.bucket)), "tune" if timed else "verify"):
+        if time.perf_counter() - start > budget_s:
+            continue
+        if (e.n, e.k) not in weights:
+            w = torch.randn(e.n, e.k, device="cuda", generator=gen) * 0.02
+            w[torch.randint(0, e.n, (max(1, e.n // 50),), device="cuda", generator=gen)] *= 8
+            idx = torch.randperm(e.n, device="cuda", generator=gen)[: max(1, round(FRACTION_8BIT * e.n))]
+            weights = {(e.n, e.k): quantize_weight(w.half(), idx.cpu().tolist(), group_size)}
+        pw = weights[(e.n, e.k)]
+        m = bucket_m(e.bucket)
+        x = (torch.randn(m, e.k, device="cuda", generator=gen)
+             * torch.exp(torch.randn(m, 1, device="cuda", generator=gen))).half()
+        xq, a = quantize_activation(x)
+        y_ref = reference_gemm_quantized(xq, a, pw, x.dtype)
+        for s in e.candidates:
+            if s.key in e.compile_errors:
+                continue
+            launch.POISON_OUTPUT = True
+            try:
+                y = launch.gemm_cuda(x, pw, s)
+            finally:
+                launch.POISON_OUTPUT = False
+            if not torch.equal(y, y_ref):
+                e.wrong.append(s.key)
+                continue
+            if timed:
+                e.times_us[s.key] = _median_ms(lambda: launch.gemm_cuda(x, pw, s)) * 1e3
+            else:
+                e.times_us[s.key] = float("nan")
+
+
+def table_json(arch: str, entries: list[Entry], meta: dict) -> dict:
+    """The versioned table the dispatcher reads, with the evidence for every entry."""
+    schedules, evidence = {}, {}
+    for e in entries:
+        best = e.best() if meta.get("timed") else (
+            DEFAULTS[e.bucket] if DEFAULTS[e.bucket].key in e.times_us else None)
+        if best is None:
+            continue
+        schedules[e.key] = asdict(best)
+        default = DEFAULTS[e.bucket]
+        evidence[e.key] = {
+            "best_us": e.times_us.get(best.key), "default": default.key,
+            "default_us": e.times_us.get(default.key), "candidates": len(e.candidates),
+            "compile_errors": len(e.compile_errors), "wrong": len(e.wrong), "pruned": dict(e.pruned)}
+    return {"version": TABLE_VERSION, "arch": arch, **meta, "schedules": schedules, "evidence": evidence}
+
+
+def write_table(path: str, table: dict) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(table, f, indent=1, sort_keys=False)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def summary(entries: list[Entry], timed: bool) -> str:
+    """Markdown table: per entry, candidates, failures, default and tuned time."""
+    head = "| M bucket | N x K | candidates | pruned | compile errors | wrong | default | default us | tuned | tuned us | speedup |"
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for e in entries:
+        best = e.best()
+        d = DEFAULTS[e.bucket]
+        du, bu = e.times_us.get(d.key), e.times_us.get(best.key) if best else None
+        fmt = (lambda t: "n/a" if t is None or t != t else f"{t:.1f}")  # noqa: E731
+        speed = f"{du / bu:.2f}x" if timed and du and bu else "n/a"
+        lines.append(f"| {e.bucket if e.bucket < 1 << 30 else '>1024'} | {e.n}x{e.k} | {len(e.candidates)} "
+                     f"| {sum(e.pruned.values())} | {len(e.compile_errors)} | {len(e.wrong)} | {d.key} | {fmt(du)} "
+                     f"| {best.key if best else 'n/a'} | {fmt(bu)} | {speed} |")
+    return "\n".join(lines)
+

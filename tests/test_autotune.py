@@ -1,0 +1,134 @@
+"""The autotuner's CPU side: shipped table format, pruning, bucket lookup, CLI refusals, and
+``--compile-only`` building a small space for sm_80 and sm_90a (needs nvcc, no GPU)."""
+
+import json
+import shutil
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from mixkern.autotune.__main__ import main, model_shapes
+from mixkern.autotune.space import SHARED_BYTES, candidates, prune_reason
+from mixkern.schedules import (DEFAULTS, M_BUCKETS, TABLE_VERSION, GemvSchedule, Schedule, bucket, load_table,
+                               pick, schedule_from_dict, table_path)
+
+ARCHS = ("sm_80", "sm_90a")
+
+
+@pytest.mark.parametrize("arch", ["sm_90a"])
+def test_shipped_table_is_versioned_complete_and_valid(arch):
+    with open(table_path(arch)) as f:
+        raw = json.load(f)
+    assert raw["version"] == TABLE_VERSION and raw["arch"] == arch and raw["timed"] is True
+    assert raw["runs"] and all(r["seconds"] > 0 and r["candidates"] > 0 for r in raw["runs"])
+    for shape in ("4096x4096", "1024x4096", "14336x4096", "4096x14336", "8192x8192", "28672x8192", "8192x28672"):
+        for b in M_BUCKETS:
+            assert f"{b}:{shape}" in raw["schedules"], f"{arch} table misses bucket {b} of {shape}"
+    for key, d in raw["schedules"].items():
+        b, shape = key.split(":")
+        n, k = map(int, shape.split("x"))
+        s = schedule_from_dict(d)
+        s.check(k, 128)
+        assert prune_reason(s, arch, n, k, 128) is None
+        ev = raw["evidence"][key]
+        assert ev["wrong"] == 0 and ev["best_us"] > 0
+        assert ev["best_us"] <= ev["default_us"] * 1.0001  # the winner is never slower than the default it beat
+        assert load_table(arch)[key] == s
+
+
+@given(m=st.integers(1, 10**6))
+def test_bucket_is_the_first_bound_at_or_above_m(m):
+    b = bucket(m)
+    assert m <= b and all(m > smaller for smaller in M_BUCKETS if smaller < b)
+
+
+def test_pick_uses_the_table_then_the_bucket_default():
+    table = load_table("sm_90a")
+    for key, s in table.items():
+        b, shape = int(key.split(":")[0]), key.split(":")[1]
+        n, k = map(int, shape.split("x"))
+        lowest = 1 if b == M_BUCKETS[0] else M_BUCKETS[M_BUCKETS.index(b) - 1] + 1
+        for m in (lowest, min(b, 5000)):  # both ends of the bucket
+            assert pick("sm_90a", m, n, k) == s, (m, key)
+    assert pick("sm_90a", 3, 4096, 768) == DEFAULTS[4]  # a shape the table lacks
+    assert pick("sm_80", 2000, 512, 512) == DEFAULTS[1 << 30]
+    assert table_path("sm_80+sm_90") == table_path("sm_80")  # Ampere code run on Hopper reads the sm_80 table
+
+
+def test_split_k_shrinks_until_k_divides():
+    s = pick("sm_90a", 64, 100, 256)
+    assert isinstance(s, Schedule) and 256 % (s.block_k * s.split_k) == 0
+
+
+def test_schedule_round_trips_through_the_table_format():
+    for s in set(DEFAULTS.values()):
+        from dataclasses import asdict
+        assert schedule_from_dict(json.loads(json.dumps(asdict(s)))) == s
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("b", M_BUCKETS)
+def test_candidates_survive_pruning_and_pruning_has_reasons(arch, b):
+    kept, pruned = candidates(arch, b, 4096, 4096)
+    assert kept and len(set(kept)) == len(kept)
+    assert all(prune_reason(s, arch, 4096, 4096, 128) is None for s in kept)
+    assert (b <= 16) == any(isinstance(s, GemvSchedule) for s in kept)
+    limited, why = candidates(arch, b, 4096, 4096, limit=5)
+    assert len(limited) == min(5, len(kept)) and limited[0] == kept[0]
+    assert why["over limit"] == len(kept) - len(limited)
+
+
+def test_pruning_rules():
+    big = Schedule(block_m=256, block_n=256, block_k=128, stages=4, threads=256)
+    assert prune_reason(big, "sm_80", 4096, 4096, 128) == "shared memory"
+    assert 4 * (256 * 128 * 2) > SHARED_BYTES["sm_90a"]
+    assert prune_reason(Schedule(256, 256, 64, 2, 128), "sm_90a", 4096, 4096, 128) == "registers"
+    assert prune_reason(Schedule(64, 64, 128, 3, 256), "sm_90a", 4096, 4096, 128) == "wgmma rows"
+    assert prune_reason(Schedule(64, 64, 128, 3, 256), "sm_80", 4096, 4096, 128) is None
+    assert prune_reason(Schedule(16, 128, 128, 3, 128, 8), "sm_90a", 4096, 1536, 128) == "divisibility"
+    assert prune_reason(GemvSchedule(8, 8, 16), "sm_90a", 4096, 4096, 128) == "registers"
+    assert prune_reason(GemvSchedule(1, 8, 1), "sm_90a", 4096, 2048, 128) == "idle lanes"
+    assert prune_reason(GemvSchedule(4, 1, 1), "sm_90a", 2, 2048, 128) == "rows > N"
+
+
+def test_model_presets_and_config_files(tmp_path):
+    assert model_shapes("llama3-8b") == [(4096, 4096), (1024, 4096), (14336, 4096), (4096, 14336)]
+    assert (28672, 8192) in model_shapes("llama3-70b") and (512, 3584) in model_shapes("qwen2.5-7b")
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps({"hidden_size": 2048, "intermediate_size": 5632, "num_attention_heads": 32,
+                               "num_key_value_heads": 4}))
+    assert model_shapes(str(cfg)) == [(2048, 2048), (256, 2048), (5632, 2048), (2048, 5632)]
+    with pytest.raises(SystemExit, match="not a preset"):
+        model_shapes("gpt-17")
+
+
+def test_refuses_to_time_a_gpu_that_is_not_here(capsys):
+    import torch
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    assert main(["--gpu", "a100", "--shapes", "256x256"]) == 2
+    err = capsys.readouterr().err
+    assert "needs an A100" in err and "--compile-only" in err
+    assert main(["--gpu", "auto"]) == 2
+    assert "no supported GPU" in capsys.readouterr().err
+
+
+def test_rejects_bad_arguments():
+    with pytest.raises(SystemExit):
+        main(["--gpu", "h100", "--shapes", "4096x100", "--compile-only"])  # K not a multiple of the group
+    with pytest.raises(SystemExit):
+        main(["--gpu", "h100", "--buckets", "3", "--compile-only"])
+    with pytest.raises(SystemExit):
+        main(["--gpu", "v100"])
+
+
+@pytest.mark.compile
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="needs nvcc (CUDA toolkit)")
+@pytest.mark.parametrize("gpu", ["a100", "h100"])
+def test_compile_only_builds_a_small_space(gpu, capsys):
+    assert main(["--gpu", gpu, "--compile-only", "--shapes", "512x256", "--buckets", "1", "256",
+                 "--max-candidates", "2", "--workers", "2"]) == 0
+    captured = capsys.readouterr()
+    assert "| 1 | 512x256 | 2 |" in captured.out and "| 256 | 512x256 | 2 |" in captured.out
+    assert "0 candidate compile errors" in captured.err
