@@ -2,6 +2,7 @@
 
     pw = mixkern.quantize_weight(w, eight_bit_features=idx)   # PackedWeight
     y  = mixkern.gemm(x, pw)                                   # torch.ops.mixkern.gemm
+    mixkern.quantize_model(model, calib_batches, mixkern.QuantConfig(bits=4.4))  # nn.Linear -> MixLinear
 
 The format's exact math is in :mod:`mixkern.format`; :mod:`mixkern.reference` executes it.
 """
@@ -11,6 +12,7 @@ from .ops import gemm
 from .packing import pack_int4, unpack_int4
 from .quantize import quantize_activation, quantize_weight
 from .reference import reference_gemm, tolerance
+from .model import MixLinear, QuantConfig, load_quantized, quantize_model, save_quantized
 
 __version__ = "0.1.0"
 
@@ -18,4 +20,5 @@ __all__ = [
     "PackedWeight", "WeightFormat", "FORMAT_VERSION", "GROUP_SIZES",
     "quantize_weight", "quantize_activation", "gemm", "reference_gemm", "tolerance",
     "pack_int4", "unpack_int4",
+    "quantize_model", "QuantConfig", "MixLinear", "save_quantized", "load_quantized",
 ]

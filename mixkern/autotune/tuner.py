@@ -129,14 +129,14 @@ def measure(arch: str, entries: list[Entry], group_size: int = 128, budget_s: fl
                 continue
             launch.POISON_OUTPUT = True
             try:
-                y = launch.gemm_cuda(x, pw, s)
+                y = launch.gemm_cuda(x, pw, s, arch)
             finally:
                 launch.POISON_OUTPUT = False
             if not torch.equal(y, y_ref):
                 e.wrong.append(s.key)
                 continue
             if timed:
-                e.times_us[s.key] = _median_ms(lambda: launch.gemm_cuda(x, pw, s)) * 1e3
+                e.times_us[s.key] = _median_ms(lambda: launch.gemm_cuda(x, pw, s, arch)) * 1e3
             else:
                 e.times_us[s.key] = float("nan")
 
@@ -151,9 +151,11 @@ def table_json(arch: str, entries: list[Entry], meta: dict) -> dict:
             continue
         schedules[e.key] = asdict(best)
         default = DEFAULTS[e.bucket]
+        num = lambda t: None if t is None or t != t else t  # noqa: E731 -- untimed (verify) runs store null
         evidence[e.key] = {
-            "best_us": e.times_us.get(best.key), "default": default.key,
-            "default_us": e.times_us.get(default.key), "candidates": len(e.candidates),
+            "best_us": num(e.times_us.get(best.key)), "default": default.key,
+            "default_us": num(e.times_us.get(default.key)), "candidates": len(e.candidates),
+            "verified_exact": len(e.times_us),
             "compile_errors": len(e.compile_errors), "wrong": len(e.wrong), "pruned": dict(e.pruned)}
     return {"version": TABLE_VERSION, "arch": arch, **meta, "schedules": schedules, "evidence": evidence}
 

@@ -78,11 +78,11 @@ def _placeholder(device) -> torch.Tensor:
     return torch.zeros(1, 1, dtype=torch.uint8, device=device)
 
 
-def quantize_activation_cuda(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def quantize_activation_cuda(x: torch.Tensor, arch: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     m, k = x.shape
     xq = torch.empty(m, k, dtype=torch.int8, device=x.device)
     a = torch.empty(m, dtype=torch.float32, device=x.device)
-    compiled("act", arch_of(x.device), k, TL_DTYPES[x.dtype])(x, xq, a)
+    compiled("act", arch or arch_of(x.device), k, TL_DTYPES[x.dtype])(x, xq, a)
     return xq, a
 
 
@@ -123,18 +123,19 @@ def _run_rows(kind, xq, a, weights, s2, z, scale, idx, y, schedule: Schedule, gr
     compiled("epi", arch, TL_DTYPES[y.dtype])(acc, a, scale, idx, y)
 
 
-def gemm_cuda(x: torch.Tensor, pw: PackedWeight, schedule: AnySchedule | None = None) -> torch.Tensor:
-    """y = mixkern.gemm(x, pw) with the TileLang kernels (progressive format); ``schedule``
-    overrides the table's choice (the autotuner and tests use it)."""
+def gemm_cuda(x: torch.Tensor, pw: PackedWeight, schedule: AnySchedule | None = None,
+              arch: str | None = None) -> torch.Tensor:
+    """y = mixkern.gemm(x, pw) with the TileLang kernels (progressive format); ``schedule`` and
+    ``arch`` override the table's choice and the GPU's own build target (the autotuner uses them)."""
     if pw.format is not WeightFormat.PROGRESSIVE:
         raise NotImplementedError(
             f"{pw.format.value} has no CUDA kernel; quantize with format='progressive' (the default) "
             "or run this op on CPU")
-    arch = arch_of(x.device)
+    arch = arch or arch_of(x.device)
     m, k = x.shape
     schedule = schedule or pick(arch, m, pw.shape[0], k, pw.group_size)
     schedule.check(k, pw.group_size)
-    xq, a = quantize_activation_cuda(x)
+    xq, a = quantize_activation_cuda(x, arch)
     y = torch.empty(m, pw.shape[0], dtype=x.dtype, device=x.device)
     if POISON_OUTPUT:
         y.fill_(float("nan"))

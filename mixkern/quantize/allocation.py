@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from ..format import WeightFormat
+from ..format import PackedWeight, WeightFormat
 from .weights import quantize_weight
 
 
@@ -28,18 +28,113 @@ def output_error_proxy(w: torch.Tensor, x: torch.Tensor, group_size: int = 128,
     return (err4.square() - err8.square()) @ energy
 
 
+def average_bits(shapes: dict[str, tuple[int, int]], counts: dict[str, int], group_size: int = 128,
+                 format=WeightFormat.PROGRESSIVE) -> float:
+    """Exact bits per weight of these layers with ``counts[name]`` 8-bit features each (every
+    stored byte counted, as ``PackedWeight.nbytes``)."""
+    nbytes = weights = 0
+    for name, (n, k) in shapes.items():
+        c = counts.get(name, 0)
+        nbytes += (n - c) * PackedWeight.feature_bytes(k, group_size, format, 4) + c * PackedWeight.feature_bytes(k, group_size, format, 8)
+        weights += n * k
+    return 8.0 * nbytes / weights
+
+
+def allocate(scores: dict[str, torch.Tensor], *, fraction: float | None = None, bits: float | None = None,
+             in_features: dict[str, int] | None = None, method: str = "global", group_size: int = 128,
+             format=WeightFormat.PROGRESSIVE, floor: float = 0.0, cap: float = 1.0, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Which features of which layers get 8 bits -> {layer: ascending int64 indices}.
+
+    The budget is a ``fraction`` of all features, or an average ``bits`` per weight over
+    these layers (every stored byte counted, as :func:`average_bits`; needs ``in_features``,
+    each layer's K); exactly one.  ``method``:
+      * ``global``: rank every feature of every layer by score and take, best first, each
+        that still fits the budget (per layer at least ``floor`` and at most ``cap`` of its
+        features; floors are served first);
+      * ``local``: the same fraction in every layer, the top-scored features of each;
+      * ``random``: the counts of ``local``, features drawn at random (``seed``).
+    """
+    if (fraction is None) == (bits is None):
+        raise ValueError("give exactly one budget: fraction= (of features) or bits= (average bits per weight)")
+    if fraction is not None and not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"fraction of 8-bit features must lie in [0, 1], got {fraction}")
+    if not 0.0 <= floor <= cap <= 1.0:
+        raise ValueError(f"need 0 <= floor <= cap <= 1, got floor={floor}, cap={cap}")
+    if method not in ("global", "local", "random"):
+        raise ValueError(f"method must be global, local or random, got {method!r}")
+    for n, sc in scores.items():
+        if sc.dim() != 1:
+            raise ValueError(f"scores[{n!r}] must be 1-D (one score per output feature)")
+        if not torch.isfinite(sc).all():
+            raise ValueError(f"scores[{n!r}] holds NaN or Inf")
+    shapes = {}
+    if bits is not None:
+        missing = [n for n in scores if not in_features or n not in in_features]
+        if missing:
+            raise ValueError(f"a bits budget needs in_features (K) for every layer; missing {missing[:3]}")
+        shapes = {n: (sc.numel(), in_features[n]) for n, sc in scores.items()}
+        lo = average_bits(shapes, {}, group_size, format)
+        if bits < lo:
+            raise ValueError(f"budget of {bits} bits/weight is below the all-4-bit cost {lo:.4f}")
+    if method == "global":
+        return _global(scores, fraction, bits, shapes, group_size, format, floor, cap)
+    counts = _uniform_counts(scores, fraction, bits, shapes, group_size, format)
+    out = {}
+    gen = torch.Generator().manual_seed(seed)
+    for n, sc in scores.items():
+        if method == "local":
+            idx = torch.topk(sc.double().cpu(), counts[n]).indices
+        else:
+            idx = torch.randperm(sc.numel(), generator=gen)[: counts[n]]
+        out[n] = idx.sort().values
+    return out
+
+
+def _global(scores, fraction, bits, shapes, group_size, format, floor, cap):
+    names = list(scores)
+    sizes = [scores[n].numel() for n in names]
+    flat = torch.cat([scores[n].flatten().to(torch.float64).cpu() for n in names])
+    owner = torch.cat([torch.full((s,), i) for i, s in enumerate(sizes)]).tolist()
+    local = torch.cat([torch.arange(s) for s in sizes]).tolist()
+    order = torch.sort(flat, descending=True, stable=True).indices.tolist()  # ties break by position
+    target = round(fraction * flat.numel()) if fraction is not None else flat.numel()
+    extra = budget = None
+    if bits is not None:  # bytes an 8-bit feature adds over its 4-bit form, and the bytes the budget leaves
+        fb = lambda n, b: PackedWeight.feature_bytes(shapes[n][1], group_size, format, b)  # noqa: E731
+        extra = [fb(n, 8) - fb(n, 4) for n in names]
+        budget = bits / 8.0 * sum(n_ * k_ for n_, k_ in shapes.values()) - sum(shapes[n][0] * fb(n, 4) for n in names)
+    chosen = [set() for _ in names]
+    count, spent = 0, 0
+    for limits in ([int(floor * s) for s in sizes], [int(round(cap * s)) for s in sizes]):
+        for j in order:
+            if count >= target:
+                break
+            i, f = owner[j], local[j]
+            if f in chosen[i] or len(chosen[i]) >= limits[i]:
+                continue
+            if extra is not None:
+                if spent + extra[i] > budget:
+                    continue
+                spent += extra[i]
+            chosen[i].add(f)
+            count += 1
+    return {n: torch.tensor(sorted(chosen[i]), dtype=torch.long) for i, n in enumerate(names)}
+
+
+def _uniform_counts(scores, fraction, bits, shapes, group_size, format):
+    names = list(scores)
+    if fraction is not None:
+        return {n: round(fraction * scores[n].numel()) for n in names}
+    lo, hi = 0.0, 1.0  # the largest common fraction whose (rounded-down) counts fit the bit budget
+    for _ in range(50):
+        mid = (lo + hi) / 2
+        if average_bits(shapes, {n: int(mid * shapes[n][0]) for n in names}, group_size, format) <= bits:
+            lo = mid
+        else:
+            hi = mid
+    return {n: int(lo * shapes[n][0]) for n in names}
+
+
 def allocate_global(scores: dict[str, torch.Tensor], fraction: float) -> dict[str, torch.Tensor]:
     """Top ``round(fraction * total features)`` features over all layers -> {layer: sorted indices}."""
-    if not 0.0 <= fraction <= 1.0:
-        raise ValueError(f"fraction of 8-bit features must lie in [0, 1], got {fraction}")
-    names = list(scores)
-    flat = torch.cat([scores[n].flatten().to(torch.float64).cpu() for n in names])
-    count = round(fraction * flat.numel())
-    chosen = torch.zeros(flat.numel(), dtype=torch.bool)
-    chosen[torch.topk(flat, count).indices] = True  # ties break by position, deterministically
-    out, start = {}, 0
-    for n in names:
-        size = scores[n].numel()
-        out[n] = chosen[start : start + size].nonzero().flatten()
-        start += size
-    return out
+    return allocate(scores, fraction=fraction, method="global")
