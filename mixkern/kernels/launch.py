@@ -6,6 +6,7 @@ of 4-/8-bit rows are dynamic -- and are cached in memory here and on disk by Til
 after the first call.
 """
 
+import logging
 import os
 from functools import lru_cache
 
@@ -60,7 +61,13 @@ def compiled(kind: str, arch: str, *args):
         func = epilogue(*args)
     else:
         raise ValueError(f"unknown kernel kind {kind!r}")
-    return tilelang.compile(func, target=target(arch))
+    log = logging.getLogger("tilelang")
+    level = log.level
+    log.setLevel(max(level, logging.WARNING))  # TileLang logs two INFO lines per kernel; keep user output clean
+    try:
+        return tilelang.compile(func, target=target(arch))
+    finally:
+        log.setLevel(level)
 
 
 def kernel_jobs(arch: str, k: int, group_size: int, schedule: AnySchedule, dtype: str,

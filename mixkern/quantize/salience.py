@@ -15,6 +15,11 @@ calibration batches.  The curvature term comes in two flavours:
 * ``"fisher"``: the diagonal empirical Fisher, ``H ~ diag(T * mean_b g_b**2)`` from the
   per-batch gradients g_b of batches of T tokens (MixLLM's choice; cheaper, no double
   back-propagation, but quadratic in the loss scale).
+
+Memory: ``hessian`` keeps the backward graph for the double back-propagation (about twice
+a training step's activations per batch); ``fisher`` keeps only one squared-gradient tensor
+per weight, the choice for models whose training step barely fits.  Lower the batch size
+(more, smaller calibration batches give the same average) before switching.
 """
 
 from __future__ import annotations
