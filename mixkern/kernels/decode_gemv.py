@@ -1,7 +1,7 @@
 """Decode (few tokens) W4A8 + W8A8 as one TileLang launch on CUDA cores with dp4a.
 
-At M <= 8 a GEMM is a weight stream: the tensor core's 64x N tile is mostly empty and
-what counts is bytes in flight.  Here every thread reads 16 bytes of one row per step
+At decode sizes (M <= 16) a GEMM is a weight stream: the tensor core's 64-wide tile is mostly
+empty and what counts is bytes in flight.  Here every thread reads 16 bytes of one row per step
 (32 4-bit codes, or 16 int8 weights twice) with 128-bit loads, and a block of ``warps``
 warps covers ``rows`` output features over all of K, so all SMs pull weight bytes with
 no split-K workspace.  4-bit and 8-bit features run in the same launch: the first
