@@ -21,12 +21,12 @@ from ._progress import progress
 from .format import GROUP_SIZES, WeightFormat
 from .ops import gemm
 from .quantize import quantize_weight
-from .quantize.allocation import allocate_global, output_error_proxy
+from .quantize.allocation import allocate, output_error_proxy
 from .workload import calibration_activations, minilm_layers, minilm_path, synthetic_layers
 
 
 def evaluate(layers, acts, fraction, fmt, group_size, scores):
-    chosen = allocate_global(scores, fraction)
+    chosen = allocate(scores, fraction=fraction)
     nbytes = weights = 0
     werr = wnorm = yerr = ynorm = 0.0
     for name, w in layers.items():

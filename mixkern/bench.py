@@ -52,13 +52,9 @@ def _compile_one(args):
 
 def warm_compile_cache(arch: str, plan: dict, dtypes=("float16",), workers=12):
     """Compile, in parallel processes, every kernel of the schedules in ``plan`` ({K: schedules})."""
-    from .kernels.launch import kernel_jobs
-    jobs = set()
-    for dtype in dtypes:
-        for k, schedules in plan.items():
-            for s in schedules:
-                for has4, has8 in ((True, True), (True, False), (False, True)):
-                    jobs |= set(kernel_jobs(arch, k, 128, s, dtype, has4, has8))
+    from .kernels.launch import kernel_jobs_any_split
+    jobs = {j for dtype in dtypes for k, schedules in plan.items() for s in schedules
+            for j in kernel_jobs_any_split(arch, k, 128, s, dtype)}
     t0 = time.perf_counter()
     with ProcessPoolExecutor(workers) as pool:
         list(pool.map(_compile_one, sorted(jobs, key=str)))
@@ -86,13 +82,10 @@ def w8a8_torch(x, w8t, s8):
 
 def check(x, pw: PackedWeight) -> float:
     """Max |y - y_float64| / tolerance (<= 1 passes), with outputs poisoned first."""
-    from .kernels import launch
+    from .kernels.launch import poisoned_outputs
     from .ops import gemm
-    launch.POISON_OUTPUT = True
-    try:
+    with poisoned_outputs():
         y = gemm(x, pw)
-    finally:
-        launch.POISON_OUTPUT = False
     xq, a = quantize_activation(x)
     tol = tolerance(xq, a, pw, x.dtype)
     err = (y.to(torch.float64) - float64_gemm_quantized(xq, a, pw)).abs() / tol

@@ -60,8 +60,8 @@ def table(model_dir: str, tokens: int | None, calib_seqs: int, second_order: str
         model = copy.deepcopy(base)
         bits = 16.0
         if kw is not None:
-            if "method" in kw:
-                kw = {**kw, "bits": rows[4][1]}  # the same bit budget as MixLLM global 10%
+            if "method" in kw:  # the same bit budget as MixLLM global 10%
+                kw = {**kw, "bits": next(b for lab, b, _ in rows if lab == "MixLLM global, 10%")}
             report = quantize_model(model.to(device), None, QuantConfig(**kw, second_order=second_order), salience=salience)
             bits = report.average_bits
         ppl = perplexity(_runtime(model, device), seqs, desc=label)

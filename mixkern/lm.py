@@ -82,7 +82,7 @@ def next_token_loss(model: nn.Module, seqs: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def perplexity(model: nn.Module, seqs: torch.Tensor, batch: int = 16, desc: str = "perplexity") -> float:
     """exp(mean next-token cross-entropy) over all (seq_len) positions of every sequence."""
-    device = next(model.parameters()).device if any(True for _ in model.parameters()) else seqs.device
+    device = next(model.parameters(), seqs).device
     total, count = 0.0, 0
     for i in progress(range(0, len(seqs), batch), desc, total=math.ceil(len(seqs) / batch)):
         s = seqs[i:i + batch].to(device)

@@ -15,15 +15,11 @@ K = 4096
 
 
 def _variants():
-    from mixkern.kernels.launch import kernel_jobs
+    from mixkern.kernels.launch import kernel_jobs_any_split
     from mixkern.schedules import all_default_schedules
-    out = []
-    for arch in ARCHS:
-        for dtype in DTYPES:
-            for s in all_default_schedules():
-                for has4, has8 in ((True, True), (True, False), (False, True)):
-                    out += [j for j in kernel_jobs(arch, K, 128, s, dtype, has4, has8) if j not in out]
-    return out
+    jobs = (j for arch in ARCHS for dtype in DTYPES for s in all_default_schedules()
+            for j in kernel_jobs_any_split(arch, K, 128, s, dtype))
+    return list(dict.fromkeys(jobs))
 
 
 def _source(job):

@@ -8,6 +8,7 @@ after the first call.
 
 import logging
 import os
+from contextlib import contextmanager
 from functools import lru_cache
 
 import tilelang
@@ -22,6 +23,18 @@ from .mixed_gemm import epilogue, mixed_gemm
 
 TL_DTYPES = {torch.float16: "float16", torch.bfloat16: "bfloat16"}
 POISON_OUTPUT = False  # tests set this: outputs start as NaN, so an unwritten element shows
+PRECISION_SPLITS = ((True, True), (True, False), (False, True))  # (has 4-bit rows, has 8-bit rows)
+
+
+@contextmanager
+def poisoned_outputs():
+    """Within: every output starts as NaN, so a checker sees any element a kernel left unwritten."""
+    global POISON_OUTPUT
+    before, POISON_OUTPUT = POISON_OUTPUT, True
+    try:
+        yield
+    finally:
+        POISON_OUTPUT = before
 
 
 def arch_of(device: torch.device) -> str:
@@ -78,6 +91,12 @@ def kernel_jobs(arch: str, k: int, group_size: int, schedule: AnySchedule, dtype
         return jobs + [("gemv", arch, k, group_size, schedule, dtype, has4, has8)]
     jobs += [(kind, arch, k, group_size, schedule, dtype) for kind, has in (("w4", has4), ("w8", has8)) if has]
     return jobs + ([("epi", arch, dtype)] if schedule.split_k > 1 else [])
+
+
+def kernel_jobs_any_split(arch: str, k: int, group_size: int, schedule: AnySchedule, dtype: str) -> list[tuple]:
+    """``kernel_jobs`` for every mix of 4- and 8-bit rows a weight can have, without repeats."""
+    return list(dict.fromkeys(j for has4, has8 in PRECISION_SPLITS
+                              for j in kernel_jobs(arch, k, group_size, schedule, dtype, has4, has8)))
 
 
 @lru_cache(maxsize=None)
@@ -140,8 +159,10 @@ def gemm_cuda(x: torch.Tensor, pw: PackedWeight, schedule: AnySchedule | None = 
             "or run this op on CPU")
     arch = arch or arch_of(x.device)
     m, k = x.shape
-    schedule = schedule or pick(arch, m, pw.shape[0], k, pw.group_size)
-    schedule.check(k, pw.group_size)
+    if schedule is None:
+        schedule = pick(arch, m, pw.shape[0], k, pw.group_size)  # checked (and cached) by pick
+    else:
+        schedule.check(k, pw.group_size)
     xq, a = quantize_activation_cuda(x, arch)
     y = torch.empty(m, pw.shape[0], dtype=x.dtype, device=x.device)
     if POISON_OUTPUT:

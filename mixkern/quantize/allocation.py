@@ -1,9 +1,10 @@
 """Choosing which output features get 8 bits, across all layers at once.
 
 The score of a feature is the estimated harm of storing it in 4 instead of 8 bits;
-``allocate_global`` ranks every feature of every layer together and gives 8 bits to the
-top ones.  ``output_error_proxy`` is a data-light score (expected output-error increase
-under calibration activations); loss-based salience plugs into the same allocator.
+``allocate`` (global) ranks every feature of every layer together and gives 8 bits to the
+top ones that fit the budget, or per layer (local) or at random, the two baselines.
+``output_error_proxy`` is a data-light score (expected output-error increase under
+calibration activations); loss-based salience (:mod:`.salience`) plugs into the same allocator.
 """
 
 from __future__ import annotations
@@ -133,8 +134,3 @@ def _uniform_counts(scores, fraction, bits, shapes, group_size, format):
         else:
             hi = mid
     return {n: int(lo * shapes[n][0]) for n in names}
-
-
-def allocate_global(scores: dict[str, torch.Tensor], fraction: float) -> dict[str, torch.Tensor]:
-    """Top ``round(fraction * total features)`` features over all layers -> {layer: sorted indices}."""
-    return allocate(scores, fraction=fraction, method="global")
