@@ -9,9 +9,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mixkern.autotune.__main__ import main, model_shapes
-from mixkern.autotune.space import SHARED_BYTES, candidates, prune_reason
-from mixkern.schedules import (DEFAULTS, M_BUCKETS, TABLE_VERSION, GemvSchedule, Schedule, bucket, load_table,
-                               pick, schedule_from_dict, table_path)
+from mixkern.autotune.space import candidates, prune_reason
+from mixkern.schedules import (DEFAULTS, M_BUCKETS, SHARED_BYTES, TABLE_VERSION, GemvSchedule, Schedule, bucket,
+                               load_table, pick, schedule_from_dict, table_path)
 
 ARCHS = ("sm_80", "sm_90a")
 
@@ -86,8 +86,8 @@ def test_candidates_survive_pruning_and_pruning_has_reasons(arch, b):
 
 def test_pruning_rules():
     big = Schedule(block_m=256, block_n=256, block_k=128, stages=4, threads=256)
-    assert prune_reason(big, "sm_80", 4096, 4096, 128) == "shared memory"
-    assert 4 * (256 * 128 * 2) > SHARED_BYTES["sm_90a"]
+    assert prune_reason(big, "sm_86", 4096, 4096, 128) == "shared memory"  # even at block_k 64, 2 stages
+    assert big.fitted("sm_86").shared_bytes() > SHARED_BYTES["sm_86"]
     assert prune_reason(Schedule(256, 256, 64, 2, 128), "sm_90a", 4096, 4096, 128) == "registers"
     assert prune_reason(Schedule(64, 64, 128, 3, 256), "sm_90a", 4096, 4096, 128) == "wgmma rows"
     assert prune_reason(Schedule(64, 64, 128, 3, 256), "sm_80", 4096, 4096, 128) is None
@@ -95,6 +95,18 @@ def test_pruning_rules():
     assert prune_reason(GemvSchedule(8, 8, 16), "sm_90a", 4096, 4096, 128) == "registers"
     assert prune_reason(GemvSchedule(1, 8, 1), "sm_90a", 4096, 2048, 128) == "idle lanes"
     assert prune_reason(GemvSchedule(4, 1, 1), "sm_90a", 2, 2048, 128) == "rows > N"
+
+
+def test_fitted_schedules_shrink_only_the_kernels_that_overflow_shared_memory():
+    s = Schedule(block_m=256, block_n=128, block_k=128, stages=3, threads=256)
+    assert s.shared_bytes(True, False) == 3 * 256 * 128 + 3 * 128 * 64 + 128 * 128
+    assert s.shared_bytes(False, True) == 3 * 256 * 128 + 3 * 128 * 128
+    assert s.fitted("sm_90a", True, False) == s and s.fitted("sm_90a", False, True) == s
+    both = s.fitted("sm_90a", True, True)  # one launch for both precisions holds both loops' buffers
+    assert both.stages == 2 and both.block_k == 128 and both.shared_bytes() <= SHARED_BYTES["sm_90a"]
+    ampere = s.fitted("sm_80", True, True)
+    assert ampere.stages == 2 and ampere.block_k == 64 and ampere.shared_bytes() <= SHARED_BYTES["sm_80"]
+    ampere.check(4096, 128)
 
 
 def test_model_presets_and_config_files(tmp_path):

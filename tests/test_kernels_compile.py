@@ -43,15 +43,17 @@ def test_kernel_compiles_with_expected_instructions(job, sources):
         assert "*(int4*)(W" in src and "__dp4a(" in src
         assert ("& 252645135" in src) == job[6]  # 0x0F0F0F0F: the word-wise nibble decode, 4-bit rows only
         return
-    if kind not in ("w4", "w8"):
+    if kind != "mma":
         return
+    has4, has8 = job[6], job[7]
     int8_mma = "DataType::kInt8, tl::DataType::kInt8, tl::DataType::kInt32"  # int8 x int8 -> int32
     if arch == "sm_90a":
-        assert "tma_load" in src  # the TMA engine feeds shared memory
-        # 4-bit rows: decoded weights feed wgmma from registers; 8-bit rows: both operands in shared
-        assert f"tl::wgmma_{'rs' if kind == 'w4' else 'ss'}<tl::{int8_mma}" in src
+        # both operands from shared memory; TMA when one precision lets TileLang warp-specialize
+        assert f"tl::wgmma_ss<tl::{int8_mma}" in src
+        assert ("tma_load" in src) == (not (has4 and has8))
+        assert ("cp_async_gs" in src) == (has4 and has8)
     else:
         assert "cp_async_gs" in src  # cp.async feeds shared memory
         assert f"tl::mma_sync<tl::{int8_mma}" in src
-    if kind == "w4":
-        assert ">> " in src and "15" in src  # the in-register nibble decode: shifts and masks
+    # 4-bit tiles: the word-wise int4 -> int8 decode (mask, one multiply, carry-free byte subtract)
+    assert (src.count("mixkern_decode16(") > 1) == has4  # a call besides the definition

@@ -13,9 +13,8 @@ import itertools
 import random
 from collections import Counter
 
-from ..schedules import DEFAULTS, M_BUCKETS, AnySchedule, GemvSchedule, Schedule
+from ..schedules import DEFAULTS, M_BUCKETS, SHARED_BYTES, AnySchedule, GemvSchedule, Schedule
 
-SHARED_BYTES = {"sm_90a": 227 * 1024, "sm_80": 163 * 1024, "sm_86": 99 * 1024, "sm_89": 99 * 1024}
 ACC_REGS_PER_THREAD = 128  # int32 accumulators per thread beyond which the kernel spills
 
 
@@ -51,8 +50,7 @@ def prune_reason(s: AnySchedule, arch: str, n: int, k: int, group_size: int) -> 
         if s.rows > max(n, 1):
             return "rows > N"
         return None
-    smem = s.stages * (s.block_m * s.block_k + s.block_n * s.block_k)  # the 8-bit launch is the larger
-    if smem > SHARED_BYTES.get(base, 99 * 1024):
+    if s.fitted(arch).shared_bytes() > SHARED_BYTES.get(base, 99 * 1024):  # both precisions, stages cut to 2
         return "shared memory"
     if s.block_m * s.block_n // s.threads > ACC_REGS_PER_THREAD:
         return "registers"

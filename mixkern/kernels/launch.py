@@ -59,26 +59,34 @@ def target(arch: str):
     return tvm.target.Target({"kind": "cuda", "arch": arch})
 
 
+def _pass_configs(kind: str, args: tuple) -> dict:
+    """The tensor-core kernel with both precisions has two pipelined loops, one per branch, which
+    TileLang's warp specialization cannot split into producer and consumer: it runs as a
+    cp.async multi-stage pipeline instead (one precision alone keeps TMA + warp specialization)."""
+    if kind == "mma" and args[-1] and args[-2]:
+        return {"tl.disable_warp_specialized": True}
+    return {}
+
+
 @lru_cache(maxsize=None)
 def compiled(kind: str, arch: str, *args):
-    """Build and compile one kernel.  Kinds and their args: 'w4'/'w8' (k, group_size, schedule,
-    dtype), 'gemv' (k, group_size, schedule, dtype, has4, has8), 'act' (k, dtype), 'epi' (dtype)."""
-    if kind in ("w4", "w8"):
-        k, group_size, schedule, dtype = args
-        func = mixed_gemm(4 if kind == "w4" else 8, k, group_size, schedule, dtype)
+    """Build and compile one kernel.  Kinds and their args: 'mma' and 'gemv' (k, group_size,
+    schedule, dtype, has4, has8), 'act' (k, dtype), 'epi' (dtype, has4, has8)."""
+    if kind == "mma":
+        func = mixed_gemm(*args, wgmma=arch.startswith("sm_90"))
+    elif kind == "epi":
+        func = epilogue(*args)
     elif kind == "gemv":
         func = decode_gemv(*args)
     elif kind == "act":
         func = act_quant(*args)
-    elif kind == "epi":
-        func = epilogue(*args)
     else:
         raise ValueError(f"unknown kernel kind {kind!r}")
     log = logging.getLogger("tilelang")
     level = log.level
     log.setLevel(max(level, logging.WARNING))  # TileLang logs two INFO lines per kernel; keep user output clean
     try:
-        return tilelang.compile(func, target=target(arch))
+        return tilelang.compile(func, target=target(arch), pass_configs=_pass_configs(kind, args))
     finally:
         log.setLevel(level)
 
@@ -89,19 +97,14 @@ def kernel_jobs(arch: str, k: int, group_size: int, schedule: AnySchedule, dtype
     jobs = [("act", arch, k, dtype)]
     if isinstance(schedule, GemvSchedule):
         return jobs + [("gemv", arch, k, group_size, schedule, dtype, has4, has8)]
-    jobs += [(kind, arch, k, group_size, schedule, dtype) for kind, has in (("w4", has4), ("w8", has8)) if has]
-    return jobs + ([("epi", arch, dtype)] if schedule.split_k > 1 else [])
+    jobs.append(("mma", arch, k, group_size, schedule.fitted(arch, has4, has8), dtype, has4, has8))
+    return jobs + ([("epi", arch, dtype, has4, has8)] if schedule.split_k > 1 else [])
 
 
 def kernel_jobs_any_split(arch: str, k: int, group_size: int, schedule: AnySchedule, dtype: str) -> list[tuple]:
     """``kernel_jobs`` for every mix of 4- and 8-bit rows a weight can have, without repeats."""
     return list(dict.fromkeys(j for has4, has8 in PRECISION_SPLITS
                               for j in kernel_jobs(arch, k, group_size, schedule, dtype, has4, has8)))
-
-
-@lru_cache(maxsize=None)
-def _placeholder(device) -> torch.Tensor:
-    return torch.zeros(1, 1, dtype=torch.uint8, device=device)
 
 
 def quantize_activation_cuda(x: torch.Tensor, arch: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -121,32 +124,45 @@ def _words(t: torch.Tensor) -> torch.Tensor:
 
 
 @lru_cache(maxsize=None)
-def _empty_rows(device, k: int, group_size: int) -> dict:
-    """One-row stand-ins for the absent precision in the decode kernel's fixed signature."""
+def _empty_rows(device, k: int, group_size: int, words: bool) -> dict:
+    """One-row stand-ins for the absent precision in the one-launch kernels' fixed signatures
+    (weights as int32 words for the decode kernel, as bytes for the tensor-core kernel)."""
     z = lambda *shape, dtype=torch.int32: torch.zeros(*shape, dtype=dtype, device=device)  # noqa: E731
-    return {4: (z(1, k // 8), z(1, k // group_size, dtype=torch.uint8), z(1, k // group_size, dtype=torch.uint8),
+    w4, w8 = (z(1, k // 8), z(1, k // 4)) if words else (z(1, k // 2, dtype=torch.uint8), z(1, k, dtype=torch.int8))
+    return {4: (w4, z(1, k // group_size, dtype=torch.uint8), z(1, k // group_size, dtype=torch.uint8),
                 z(1, dtype=torch.float32), z(1)),
-            8: (z(1, k // 4), z(1, dtype=torch.float32), z(1))}
+            8: (w8, z(1, dtype=torch.float32), z(1))}
+
+
+def _rows(pw: PackedWeight, k: int, words: bool):
+    """The 4-bit and 8-bit row arguments of the one-launch kernels (placeholders for an absent precision)."""
+    has4, has8 = pw.idx4.numel() > 0, pw.idx8.numel() > 0
+    as_words = _words if words else (lambda t: t)
+    empty = _empty_rows(pw.qweight4.device, k, pw.group_size, words)
+    rows4 = (as_words(pw.qweight4), pw.scales4, pw.zeros4, pw.chan_scale4, pw.idx4) if has4 else empty[4]
+    rows8 = (as_words(pw.qweight8), pw.scale8, pw.idx8) if has8 else empty[8]
+    return has4, has8, rows4, rows8
+
+
+def _run_mma(xq, a, pw: PackedWeight, y, schedule: Schedule, arch):
+    k = xq.shape[1]
+    has4, has8, rows4, rows8 = _rows(pw, k, words=False)
+    dtype = TL_DTYPES[y.dtype]
+    schedule = schedule.fitted(arch, has4, has8)
+    kernel = compiled("mma", arch, k, pw.group_size, schedule, dtype, has4, has8)
+    if schedule.split_k == 1:
+        kernel(xq, a, *rows4, *rows8, y)
+        return
+    acc = torch.zeros(xq.shape[0], pw.idx4.numel() + pw.idx8.numel(), dtype=torch.int32, device=xq.device)
+    kernel(xq, a, *rows4, *rows8, acc)
+    compiled("epi", arch, dtype, has4, has8)(acc, a, rows4[3], rows4[4], rows8[1], rows8[2], y)
 
 
 def _run_gemv(xq, a, pw: PackedWeight, y, schedule: GemvSchedule, arch):
-    k, g = xq.shape[1], pw.group_size
-    has4, has8 = pw.idx4.numel() > 0, pw.idx8.numel() > 0
-    empty = _empty_rows(xq.device, k, g)
-    rows4 = (_words(pw.qweight4), pw.scales4, pw.zeros4, pw.chan_scale4, pw.idx4) if has4 else empty[4]
-    rows8 = (_words(pw.qweight8), pw.scale8, pw.idx8) if has8 else empty[8]
-    kernel = compiled("gemv", arch, k, g, schedule, TL_DTYPES[y.dtype], has4, has8)
+    k = xq.shape[1]
+    has4, has8, rows4, rows8 = _rows(pw, k, words=True)
+    kernel = compiled("gemv", arch, k, pw.group_size, schedule, TL_DTYPES[y.dtype], has4, has8)
     kernel(_words(xq), a, *rows4, *rows8, y)
-
-
-def _run_rows(kind, xq, a, weights, s2, z, scale, idx, y, schedule: Schedule, group_size, arch):
-    kernel = compiled(kind, arch, xq.shape[1], group_size, schedule, TL_DTYPES[y.dtype])
-    if schedule.split_k == 1:
-        kernel(xq, a, weights, s2, z, scale, idx, y)
-        return
-    acc = torch.zeros(xq.shape[0], weights.shape[0], dtype=torch.int32, device=xq.device)
-    kernel(xq, a, weights, s2, z, scale, idx, acc)
-    compiled("epi", arch, TL_DTYPES[y.dtype])(acc, a, scale, idx, y)
 
 
 def gemm_cuda(x: torch.Tensor, pw: PackedWeight, schedule: AnySchedule | None = None,
@@ -170,9 +186,5 @@ def gemm_cuda(x: torch.Tensor, pw: PackedWeight, schedule: AnySchedule | None = 
     if isinstance(schedule, GemvSchedule):
         _run_gemv(xq, a, pw, y, schedule, arch)
         return y
-    if pw.idx4.numel():
-        _run_rows("w4", xq, a, pw.qweight4, pw.scales4, pw.zeros4, pw.chan_scale4, pw.idx4, y, schedule, pw.group_size, arch)
-    if pw.idx8.numel():
-        ph = _placeholder(x.device)
-        _run_rows("w8", xq, a, pw.qweight8, ph, ph, pw.scale8, pw.idx8, y, schedule, pw.group_size, arch)
+    _run_mma(xq, a, pw, y, schedule, arch)
     return y

@@ -1,21 +1,24 @@
-"""The W4A8 / W8A8 GEMM of the progressive format, as TileLang kernels.
+"""W4A8 + W8A8 on tensor cores as one TileLang launch (M > 16): int4 decoded into a shared
+int8 tile, both MMA operands from shared memory.
 
-One kernel computes ``acc[n, m] = sum_k w8[n, k] * xq[m, k]`` for one set of output
-features, in a single int32 accumulator over all of K (the progressive format has no
-float group scales), with the weights as the MMA's left operand:
+``acc[m, n] = sum_k xq[m, k] * w8[n, k]`` in one int32 accumulator over all of K (the
+progressive format has no float group scales).  Grid x walks the 4-bit feature tiles and
+then the 8-bit ones, so one launch covers every output feature:
 
-* 4-bit rows: packed codes are copied (TMA / cp.async) into shared memory, moved to
-  registers, and turned into int8 there, ``(q - z) * s2`` (exact in int8 by construction),
-  then fed to the int8 tensor core from registers (wgmma with A in registers on sm_90a,
-  mma.sync on sm_80);
-* 8-bit rows: int8 tiles straight from shared memory.
+* 4-bit tiles: packed codes arrive in shared memory by TMA / cp.async (multi-stage); each
+  consumer thread takes 32 codes (16 bytes, one group), turns them into int8
+  ``(q - z) * s2`` with word arithmetic and writes two 16-byte chunks of the decoded tile:
+  ``w & 0x0F0F0F0F`` is four codes as bytes, one 32-bit multiply by ``s2 <= 16`` scales all
+  four without carries (``15 * 16 < 256``), and a carry-free byte subtraction of ``z * s2``
+  gives the int8 weights, bit-equal to the reference's ``int8((q - z) * s2)``;
+* 8-bit tiles: the int8 weights go straight to shared memory.
 
+The tensor core then reads both operands from shared memory (wgmma on sm_90a, ldmatrix +
+mma.sync on sm_80), so no decoded weights sit in registers beside the accumulators.
 The epilogue applies every float scale once, ``y[m, idx[n]] = out((fp32(acc) * a[m]) * s[n])``,
-writing straight into the feature's original column.  With ``split_k > 1`` each K slice
-adds its int32 partial into a workspace with atomics (exact, order-free) and
-:func:`epilogue` scales it afterwards.
+writing straight into the feature's original column; with ``split_k > 1`` K slices add
+int32 partials into a workspace with atomics (exact) and :func:`epilogue` scales it.
 """
-
 
 import tilelang.language as T
 
@@ -23,100 +26,177 @@ from ..schedules import Schedule
 
 DTYPES = {"float16": "float16", "bfloat16": "bfloat16"}
 
+CODES_PER_THREAD = 32  # one 16-byte load of packed codes; always inside one group
+DECODE_BARRIER = 7  # named barriers 7.. : one per group of consumer threads that decode together
+
+DECODE_SOURCE = r"""
+// Carry-free byte subtraction: each byte of the result is (a - b) mod 256.
+__device__ __forceinline__ unsigned mixkern_sub_bytes(unsigned a, unsigned b) {
+  return ((a | 0x80808080u) - (b & 0x7F7F7F7Fu)) ^ ((a ^ ~b) & 0x80808080u);
+}
+
+// 16 packed codes (two words, word-interleaved, mixkern.packing) -> 16 int8 weights (q - z) * s2
+// in K order, stored as one 16-byte chunk (a whole chunk of any swizzled shared layout).
+__device__ __forceinline__ void mixkern_decode16(const void* packed, void* out, int s2, int z) {
+  const uint2 w = *reinterpret_cast<const uint2*>(packed);
+  const unsigned zs = (unsigned)(z * s2) * 0x01010101u;
+  const unsigned m = (unsigned)s2;
+  uint4 r;
+  r.x = mixkern_sub_bytes((w.x & 0x0F0F0F0Fu) * m, zs);
+  r.y = mixkern_sub_bytes(((w.x >> 4) & 0x0F0F0F0Fu) * m, zs);
+  r.z = mixkern_sub_bytes((w.y & 0x0F0F0F0Fu) * m, zs);
+  r.w = mixkern_sub_bytes(((w.y >> 4) & 0x0F0F0F0Fu) * m, zs);
+  *reinterpret_cast<uint4*>(out) = r;
+}
+
+// Make this thread's decoded stores visible to the tensor core's async proxy (wgmma reads
+// shared memory through it); Ampere's mma.sync reads through ldmatrix and needs no fence.
+__device__ __forceinline__ void mixkern_fence_decoded() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+#endif
+}
+"""
+
 
 def _scaled(acc, a, s, out: str):
     """The float epilogue of the format, in its one order: out((fp32(acc) * a[m]) * s[n])."""
     return T.Cast(out, (T.Cast("float32", acc) * a) * s)
 
 
-@T.macro
-def _decode_progressive(W_p, W_8, S2, Z, n_base, k_base, rows, group_size, block_n, block_k):
-    """Registers: packed nibbles (word-interleaved order of mixkern.packing) -> int8 (q - z) * s2."""
-    for i, j in T.Parallel(block_n, block_k):
-        n = T.min(n_base + i, rows - 1)
-        g = (k_base + j) // group_size
-        code = (W_p[i, (j // 8) * 4 + j % 4] >> ((j % 8) // 4 * 4)) & T.uint8(15)
-        W_8[i, j] = T.Cast("int8", (T.Cast("int16", code) - T.Cast("int16", Z[n, g])) * T.Cast("int16", S2[n, g]))
+def mixed_gemm(k: int, group_size: int, schedule: Schedule, out_dtype: str = "float16",
+               has4: bool = True, has8: bool = True, wgmma: bool = True):
+    """TileLang prim_func for all output features of one layer (the 4-bit ones if has4, the
+    8-bit ones if has8).
 
-
-def mixed_gemm(bits: int, k: int, group_size: int, schedule: Schedule, out_dtype: str = "float16"):
-    """TileLang prim_func for the ``rows`` output features of one precision (4 or 8 bits).
-
-    Arguments at launch: X int8 (M, K), A fp32 (M,), weights (4-bit: packed uint8 (rows, K/2),
-    S2 uint8 (rows, G), Z uint8 (rows, G); 8-bit: int8 (rows, K)), S fp32 (rows,), Idx int32 (rows,),
-    and Y out_dtype (M, n_total) -- or, with split_k > 1, an int32 workspace Acc (M, rows).
-    M, rows and n_total are dynamic: one compiled kernel serves every token count and split.
+    Launch arguments: X int8 (M, K), A fp32 (M,), W4 packed uint8 (n4, K/2), S2 and Z uint8
+    (n4, K/group), S4 fp32 (n4,), I4 int32 (n4,), W8 int8 (n8, K), S8 fp32 (n8,), I8 int32
+    (n8,), and Y out_dtype (M, n_total) -- or, with split_k > 1, an int32 workspace Acc
+    (M, 4-bit rows + 8-bit rows), 8-bit columns after the 4-bit ones.  M, n4, n8, n_total are
+    dynamic (an absent precision is a one-row placeholder).  ``wgmma``: the target is sm_90a.
     """
+    if not (has4 or has8):
+        raise ValueError("mixed_gemm needs 4-bit rows, 8-bit rows, or both")
     s = schedule
     bm, bn, bk = s.block_m, s.block_n, s.block_k
-    m, rows, n_total = T.dynamic("m"), T.dynamic("rows"), T.dynamic("n_total")
+    m, n4, n8, n_total = T.dynamic("m"), T.dynamic("n4"), T.dynamic("n8"), T.dynamic("n_total")
+    n_acc = T.dynamic("n_acc")  # split-K workspace columns: the real 4-bit rows, then the 8-bit rows
     g = k // group_size
     k_split = k // s.split_k
     split = s.split_k > 1
     out = DTYPES[out_dtype]
+    blocks4 = T.ceildiv(n4, bn) if has4 else 0
+    blocks8 = T.ceildiv(n8, bn) if has8 else 0
+    # With wgmma, each warpgroup multiplies its own block_n / warpgroups weight rows (FullCol
+    # policy) and decodes exactly those: warpgroups then sync only among themselves, and one
+    # warpgroup's decode overlaps another's MMA.  Otherwise all threads decode all rows.
+    groups = s.threads // 128 if wgmma and bn % (64 * (s.threads // 128)) == 0 else 1
+    group_threads, group_rows = s.threads // groups, bn // groups
+    chunks = group_rows * bk // CODES_PER_THREAD
+    policy = T.GemmWarpPolicy.FullCol if groups > 1 else T.GemmWarpPolicy.Square
 
     @T.macro
-    def body(X, A, W, S2, Z, S, Idx, Y, Acc):
-        with T.Kernel(T.ceildiv(rows, bn), T.ceildiv(m, bm), s.split_k, threads=s.threads) as (bx, by, bz):
-            X_s = T.alloc_shared((bm, bk), "int8")
-            acc = T.alloc_fragment((bn, bm), "int32")
-            if bits == 4:
-                W_s = T.alloc_shared((bn, bk // 2), "uint8")
-                W_p = T.alloc_fragment((bn, bk // 2), "uint8")
-                W_8 = T.alloc_fragment((bn, bk), "int8")
-            else:
-                W_s = T.alloc_shared((bn, bk), "int8")
-            T.clear(acc)
-            for ko in T.Pipelined(k_split // bk, num_stages=s.stages):
-                k0 = bz * k_split + ko * bk
-                T.copy(X[by * bm, k0], X_s)
-                if bits == 4:
-                    T.copy(W[bx * bn, k0 // 2], W_s)
-                    T.copy(W_s, W_p)
-                    _decode_progressive(W_p, W_8, S2, Z, bx * bn, k0, rows, group_size, bn, bk)
-                    T.gemm(W_8, X_s, acc, transpose_B=True)
-                else:
-                    T.copy(W[bx * bn, k0], W_s)
-                    T.gemm(W_s, X_s, acc, transpose_B=True)
-            for i, j in T.Parallel(bn, bm):
-                row = by * bm + j
-                col = bx * bn + i
-                if row < m and col < rows:
-                    if split:
-                        T.atomic_add(Acc[row, col], acc[i, j])
-                    else:
-                        Y[row, Idx[col]] = _scaled(acc[i, j], A[row], S[col], out)
+    def decode_tile(P_s, W_s, S2, Z, n_base, k0, group):
+        """Shared packed codes -> shared int8 for this group's rows, 32 codes per thread per pass."""
+        tx = T.get_thread_binding() % group_threads
+        for p in T.serial(T.ceildiv(chunks, group_threads)):
+            c = p * group_threads + tx
+            i = group * group_rows + c // (bk // CODES_PER_THREAD)
+            j = (c % (bk // CODES_PER_THREAD)) * CODES_PER_THREAD
+            n = T.min(n_base + i, n4 - 1)
+            grp = (k0 + j) // group_size
+            if c < chunks:
+                for h in T.unroll(2):  # two 16-byte chunks: each stays contiguous under any swizzle
+                    T.call_extern("handle", "mixkern_decode16", T.address_of(P_s[i, j // 2 + h * 8]),
+                                  T.address_of(W_s[i, j + h * 16]), T.Cast("int32", S2[n, grp]), T.Cast("int32", Z[n, grp]))
 
-    w_shape, w_dtype = ((rows, k // 2), "uint8") if bits == 4 else ((rows, k), "int8")
-    sz_shape = (rows, g) if bits == 4 else (1, 1)  # 8-bit rows have no group scales: 1-byte placeholders
+    @T.macro
+    def store(acc, A, S, Idx, Y, Acc, rows, col0, acc_col0, by):
+        for i, j in T.Parallel(bm, bn):
+            row = by * bm + i
+            col = col0 + j
+            if row < m and col < rows:
+                if split:
+                    T.atomic_add(Acc[row, acc_col0 + col], acc[i, j])
+                else:
+                    Y[row, Idx[col]] = _scaled(acc[i, j], A[row], S[col], out)
+
+    @T.macro
+    def body(X, A, W4, S2, Z, S4, I4, W8, S8, I8, Y, Acc):
+        with T.Kernel(blocks4 + blocks8, T.ceildiv(m, bm), s.split_k, threads=s.threads) as (bx, by, bz):
+            T.import_source(DECODE_SOURCE)
+            acc = T.alloc_fragment((bm, bn), "int32")
+            T.clear(acc)
+            # Each precision has its own loop and buffers: TileLang multi-buffers a shared buffer
+            # per pipelined loop, so the two loops cannot share one.
+            if has4 and (not has8 or bx < blocks4):
+                X_s = T.alloc_shared((bm, bk), "int8")
+                W_s = T.alloc_shared((bn, bk), "int8")
+                P_s = T.alloc_shared((bn, bk // 2), "uint8")
+                for ko in T.Pipelined(k_split // bk, num_stages=s.stages):
+                    k0 = bz * k_split + ko * bk
+                    T.copy(X[by * bm, k0], X_s)
+                    T.copy(W4[bx * bn, k0 // 2], P_s)
+                    # W_s has one buffer: a group decodes its rows once its last MMA on them is
+                    # done, and multiplies once all of them are written
+                    group = T.get_thread_binding() // group_threads
+                    T.sync_threads(DECODE_BARRIER + group, group_threads)
+                    decode_tile(P_s, W_s, S2, Z, bx * bn, k0, group)
+                    T.call_extern("handle", "mixkern_fence_decoded")
+                    T.sync_threads(DECODE_BARRIER + group, group_threads)
+                    T.gemm(X_s, W_s, acc, transpose_B=True, policy=policy)
+                store(acc, A, S4, I4, Y, Acc, n4, bx * bn, 0, by)
+            else:
+                X_s = T.alloc_shared((bm, bk), "int8")
+                W_s = T.alloc_shared((bn, bk), "int8")
+                for ko in T.Pipelined(k_split // bk, num_stages=s.stages):
+                    k0 = bz * k_split + ko * bk
+                    T.copy(X[by * bm, k0], X_s)
+                    T.copy(W8[(bx - blocks4) * bn, k0], W_s)
+                    T.gemm(X_s, W_s, acc, transpose_B=True, policy=policy)
+                store(acc, A, S8, I8, Y, Acc, n8, (bx - blocks4) * bn, n4 if has4 else 0, by)
+
     if split:
         @T.prim_func
-        def main(X: T.Tensor((m, k), "int8"), A: T.Tensor((m,), "float32"), W: T.Tensor(w_shape, w_dtype),
-                 S2: T.Tensor(sz_shape, "uint8"), Z: T.Tensor(sz_shape, "uint8"), S: T.Tensor((rows,), "float32"),
-                 Idx: T.Tensor((rows,), "int32"), Acc: T.Tensor((m, rows), "int32")):
-            body(X, A, W, S2, Z, S, Idx, None, Acc)
+        def main(X: T.Tensor((m, k), "int8"), A: T.Tensor((m,), "float32"),
+                 W4: T.Tensor((n4, k // 2), "uint8"), S2: T.Tensor((n4, g), "uint8"), Z: T.Tensor((n4, g), "uint8"),
+                 S4: T.Tensor((n4,), "float32"), I4: T.Tensor((n4,), "int32"),
+                 W8: T.Tensor((n8, k), "int8"), S8: T.Tensor((n8,), "float32"), I8: T.Tensor((n8,), "int32"),
+                 Acc: T.Tensor((m, n_acc), "int32")):
+            body(X, A, W4, S2, Z, S4, I4, W8, S8, I8, None, Acc)
     else:
         @T.prim_func
-        def main(X: T.Tensor((m, k), "int8"), A: T.Tensor((m,), "float32"), W: T.Tensor(w_shape, w_dtype),
-                 S2: T.Tensor(sz_shape, "uint8"), Z: T.Tensor(sz_shape, "uint8"), S: T.Tensor((rows,), "float32"),
-                 Idx: T.Tensor((rows,), "int32"), Y: T.Tensor((m, n_total), out)):
-            body(X, A, W, S2, Z, S, Idx, Y, None)
+        def main(X: T.Tensor((m, k), "int8"), A: T.Tensor((m,), "float32"),
+                 W4: T.Tensor((n4, k // 2), "uint8"), S2: T.Tensor((n4, g), "uint8"), Z: T.Tensor((n4, g), "uint8"),
+                 S4: T.Tensor((n4,), "float32"), I4: T.Tensor((n4,), "int32"),
+                 W8: T.Tensor((n8, k), "int8"), S8: T.Tensor((n8,), "float32"), I8: T.Tensor((n8,), "int32"),
+                 Y: T.Tensor((m, n_total), out)):
+            body(X, A, W4, S2, Z, S4, I4, W8, S8, I8, Y, None)
     return main
 
 
-def epilogue(out_dtype: str = "float16", block_m: int = 16, block_n: int = 128):
-    """y[m, idx[n]] = out((fp32(acc[m, n]) * a[m]) * s[n]) for a split-K int32 workspace."""
-    m, rows, n_total = T.dynamic("m"), T.dynamic("rows"), T.dynamic("n_total")
+def epilogue(out_dtype: str = "float16", has4: bool = True, has8: bool = True,
+                   block_m: int = 16, block_n: int = 128):
+    """Y from a split-K int32 workspace Acc (M, real n4 + n8), 4-bit columns first:
+    y[m, idx[n]] = out((fp32(acc[m, n]) * a[m]) * s[n])."""
+    m, n4, n8, n_total = T.dynamic("m"), T.dynamic("n4"), T.dynamic("n8"), T.dynamic("n_total")
+    n_acc = T.dynamic("n_acc")
     out = DTYPES[out_dtype]
+    n4_real = n4 if has4 else 0
 
     @T.prim_func
-    def main(Acc: T.Tensor((m, rows), "int32"), A: T.Tensor((m,), "float32"), S: T.Tensor((rows,), "float32"),
-             Idx: T.Tensor((rows,), "int32"), Y: T.Tensor((m, n_total), out)):
-        with T.Kernel(T.ceildiv(rows, block_n), T.ceildiv(m, block_m), threads=128) as (bx, by):
+    def main(Acc: T.Tensor((m, n_acc), "int32"), A: T.Tensor((m,), "float32"),
+             S4: T.Tensor((n4,), "float32"), I4: T.Tensor((n4,), "int32"),
+             S8: T.Tensor((n8,), "float32"), I8: T.Tensor((n8,), "int32"), Y: T.Tensor((m, n_total), out)):
+        cols = n_acc
+        with T.Kernel(T.ceildiv(cols, block_n), T.ceildiv(m, block_m), threads=128) as (bx, by):
             for i, j in T.Parallel(block_m, block_n):
                 row = by * block_m + i
                 col = bx * block_n + j
-                if row < m and col < rows:
-                    Y[row, Idx[col]] = _scaled(Acc[row, col], A[row], S[col], out)
+                if row < m:
+                    if col < n4_real:
+                        Y[row, I4[col]] = _scaled(Acc[row, col], A[row], S4[col], out)
+                    elif col < cols:
+                        Y[row, I8[col - n4_real]] = _scaled(Acc[row, col], A[row], S8[col - n4_real], out)
 
     return main

@@ -1,9 +1,9 @@
 """Kernel schedules: how one GEMM launch tiles its work, and the table that picks one per shape.
 
 A :class:`Schedule` is a small value (block sizes, pipeline stages, threads, split-K).
-The kernels compute ``Y^T = W X^T`` (weights are the MMA's left operand, so the int4 ->
-int8 conversion feeds the tensor core from registers), hence ``block_n`` tiles output
-features and ``block_m`` tiles tokens.  ``pick(arch, m, n, k)`` maps a shape to its M
+The tensor-core kernel computes ``Y = X W^T`` with the tokens as the MMA's M dimension:
+``block_m`` tiles tokens, ``block_n`` output features (int4 is decoded into a shared int8
+tile, so both operands come from shared memory).  ``pick(arch, m, n, k)`` maps a shape to its M
 bucket and returns the table's schedule for it, or the default for the bucket.  Decode
 buckets (M <= 16) use a :class:`GemvSchedule`: the dp4a kernel, 4- and 8-bit rows in one launch.
 """
@@ -18,12 +18,13 @@ from functools import lru_cache
 TABLE_VERSION = 1
 
 M_BUCKETS = (1, 4, 16, 64, 256, 1024, 1 << 30)  # a GEMM with M tokens uses the first bucket >= M
+SHARED_BYTES = {"sm_90a": 227 * 1024, "sm_80": 163 * 1024, "sm_86": 99 * 1024, "sm_89": 99 * 1024}
 
 
 @dataclass(frozen=True, order=True)
 class Schedule:
-    block_m: int = 64  # tokens per block (the MMA's N dimension)
-    block_n: int = 128  # output features per block (the MMA's M dimension)
+    block_m: int = 64  # tokens per block (the MMA's M dimension)
+    block_n: int = 128  # output features per block (the MMA's N dimension)
     block_k: int = 128
     stages: int = 3
     threads: int = 256
@@ -41,6 +42,26 @@ class Schedule:
     @property
     def key(self) -> str:
         return "bm{block_m}_bn{block_n}_bk{block_k}_s{stages}_t{threads}_sk{split_k}".format(**asdict(self))
+
+    def shared_bytes(self, has4: bool = True, has8: bool = True) -> int:
+        """Shared memory of the prefill kernel: staged X (and packed codes) plus the one decoded
+        tile for 4-bit rows, staged X and int8 weights for 8-bit rows; a kernel with both
+        precisions holds both sets (one pipelined loop each)."""
+        x = self.stages * self.block_m * self.block_k
+        four = x + self.stages * self.block_n * self.block_k // 2 + self.block_n * self.block_k
+        eight = x + self.stages * self.block_n * self.block_k
+        return four * has4 + eight * has8
+
+    def fitted(self, arch: str, has4: bool = True, has8: bool = True) -> Schedule:
+        """This schedule with fewer stages (down to 2), then a shorter block_k (down to 64), if its
+        kernel would exceed the GPU's shared memory -- the one-launch kernel for both precisions
+        needs more than either alone."""
+        limit = SHARED_BYTES.get(arch.split("+")[0], 99 * 1024)
+        s = self
+        while s.shared_bytes(has4, has8) > limit and (s.stages > 2 or s.block_k > 64):
+            smaller = {"stages": s.stages - 1} if s.stages > 2 else {"block_k": s.block_k // 2}
+            s = Schedule(**{**asdict(s), **smaller})
+        return s
 
 
 @dataclass(frozen=True, order=True)
@@ -70,8 +91,8 @@ DEFAULTS = {  # per M bucket, for shapes the table lacks: the most frequent winn
     16: GemvSchedule(rows=4, warps=2, tokens=16),
     64: Schedule(block_m=64, block_n=64, block_k=128, stages=4, threads=128, split_k=1),
     256: Schedule(block_m=128, block_n=128, block_k=128, stages=4, threads=128, split_k=1),
-    1024: Schedule(block_m=256, block_n=128, block_k=64, stages=3, threads=256, split_k=1),
-    1 << 30: Schedule(block_m=256, block_n=128, block_k=64, stages=3, threads=256, split_k=1),
+    1024: Schedule(block_m=256, block_n=128, block_k=128, stages=3, threads=256, split_k=1),
+    1 << 30: Schedule(block_m=256, block_n=128, block_k=128, stages=3, threads=256, split_k=1),
 }
 AnySchedule = Schedule | GemvSchedule
 

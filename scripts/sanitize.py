@@ -1,0 +1,43 @@
+"""Run every kernel kind once on small, awkward shapes (for compute-sanitizer memcheck / racecheck).
+
+    compute-sanitizer --tool memcheck python scripts/sanitize.py
+Each case is checked against the exact reference after the run; exit status 1 on a mismatch.
+"""
+import sys
+
+import torch
+
+from mixkern import quantize_activation, quantize_weight, tolerance
+from mixkern.kernels.launch import gemm_cuda, poisoned_outputs
+from mixkern.reference import float64_gemm_quantized
+from mixkern.schedules import GemvSchedule, Schedule
+
+K = 512
+CASES = [  # (M, N, schedule): decode kernel, tensor-core kernel (one split and split-K), tails in M and N
+    (1, 200, GemvSchedule(2, 4, 1)), (5, 201, GemvSchedule(4, 2, 4)), (16, 130, GemvSchedule(4, 2, 16)),
+    (70, 200, Schedule(64, 64, 128, 4, 128, 1)), (77, 333, Schedule(64, 64, 128, 4, 128, 2)),
+    (300, 390, Schedule(128, 128, 64, 3, 256, 1)), (257, 260, Schedule(256, 128, 64, 3, 256, 1)),
+    (129, 300, Schedule(128, 256, 128, 2, 256, 1)), (256, 520, Schedule(256, 128, 128, 3, 256, 1)),
+]
+if "--compile" in sys.argv:  # fill the kernel cache in parallel first (outside the sanitizer)
+    from concurrent.futures import ProcessPoolExecutor
+    from mixkern.bench import _compile_one
+    from mixkern.kernels.launch import arch_of, kernel_jobs_any_split
+    jobs = {j for _, _, s in CASES for j in kernel_jobs_any_split(arch_of(torch.device("cuda")), K, 128, s, "float16")}
+    with ProcessPoolExecutor(14) as pool:
+        list(pool.map(_compile_one, sorted(jobs, key=str)))
+bad = 0
+gen = torch.Generator(device="cuda").manual_seed(0)
+for m, n, schedule in CASES:
+    for fraction in (0.0, 0.1, 1.0):
+        w = torch.randn(n, K, device="cuda", generator=gen) * 0.05
+        pw = quantize_weight(w, torch.randperm(n, device="cuda", generator=gen)[: round(fraction * n)].cpu().tolist())
+        x = torch.randn(m, K, device="cuda", generator=gen).half()
+        with poisoned_outputs():
+            y = gemm_cuda(x, pw, schedule)
+        xq, a = quantize_activation(x)
+        err = ((y.double() - float64_gemm_quantized(xq, a, pw)).abs() / tolerance(xq, a, pw, x.dtype)).max().item()
+        ok = err <= 1 and not torch.isnan(y).any()
+        bad += not ok
+        print(f"M={m} N={n} {schedule.key} 8-bit={fraction:g}: err/tol {err:.2f} {'ok' if ok else 'WRONG'}", flush=True)
+sys.exit(1 if bad else 0)
