@@ -15,10 +15,14 @@ K = 4096
 
 
 def _variants():
+    """Every bucket default (both dtypes) and every schedule of the shipped tables (fp16), each
+    with every mix of 4- and 8-bit rows, for both archs."""
     from mixkern.kernels.launch import kernel_jobs_any_split
-    from mixkern.schedules import all_default_schedules
-    jobs = (j for arch in ARCHS for dtype in DTYPES for s in all_default_schedules()
-            for j in kernel_jobs_any_split(arch, K, 128, s, dtype))
+    from mixkern.schedules import all_default_schedules, load_table
+    jobs = [j for arch in ARCHS for dtype in DTYPES for s in all_default_schedules()
+            for j in kernel_jobs_any_split(arch, K, 128, s, dtype)]
+    jobs += [j for arch in ARCHS for s in sorted(set(load_table(arch).values()), key=lambda s: s.key)
+             for j in kernel_jobs_any_split(arch, K, 128, s, "float16")]
     return list(dict.fromkeys(jobs))
 
 
@@ -48,10 +52,11 @@ def test_kernel_compiles_with_expected_instructions(job, sources):
     has4, has8 = job[6], job[7]
     int8_mma = "DataType::kInt8, tl::DataType::kInt8, tl::DataType::kInt32"  # int8 x int8 -> int32
     if arch == "sm_90a":
-        # both operands from shared memory; TMA when one precision lets TileLang warp-specialize
-        assert f"tl::wgmma_ss<tl::{int8_mma}" in src
-        assert ("tma_load" in src) == (not (has4 and has8))
-        assert ("cp_async_gs" in src) == (has4 and has8)
+        # both operands from shared memory (wgmma when the tile has 64+ tokens); TMA + warp
+        # specialization for one precision and two or more consumer warpgroups, else cp.async
+        assert (f"tl::wgmma_ss<tl::{int8_mma}" in src) == (job[4].block_m >= 64)
+        specialized = not (has4 and has8) and job[4].threads >= 256
+        assert ("tma_load" in src) == specialized and ("cp_async_gs" in src) == (not specialized)
     else:
         assert "cp_async_gs" in src  # cp.async feeds shared memory
         assert f"tl::mma_sync<tl::{int8_mma}" in src

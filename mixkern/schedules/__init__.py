@@ -5,7 +5,9 @@ The tensor-core kernel computes ``Y = X W^T`` with the tokens as the MMA's M dim
 ``block_m`` tiles tokens, ``block_n`` output features (int4 is decoded into a shared int8
 tile, so both operands come from shared memory).  ``pick(arch, m, n, k)`` maps a shape to its M
 bucket and returns the table's schedule for it, or the default for the bucket.  Decode
-buckets (M <= 16) use a :class:`GemvSchedule`: the dp4a kernel, 4- and 8-bit rows in one launch.
+buckets (M <= 16) default to a :class:`GemvSchedule` (the dp4a kernel, 4- and 8-bit rows in
+one launch); the table may pick a tensor-core tile there too (16-token tiles win at M = 16
+on large layers).
 """
 
 from __future__ import annotations
