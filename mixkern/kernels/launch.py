@@ -75,7 +75,7 @@ def _pass_configs(kind: str, args: tuple) -> dict:
 @lru_cache(maxsize=None)
 def compiled(kind: str, arch: str, *args):
     """Build and compile one kernel.  Kinds and their args: 'mma' and 'gemv' (k, group_size,
-    schedule, dtype, has4, has8), 'act' (k, dtype), 'epi' (dtype, has4, has8)."""
+    schedule, dtype, has4, has8), 'act' (k, dtype), 'epi' (dtype, has4)."""
     if kind == "mma":
         func = mixed_gemm(*args, wgmma=arch.startswith("sm_90"))
     elif kind == "epi":
@@ -102,7 +102,7 @@ def kernel_jobs(arch: str, k: int, group_size: int, schedule: AnySchedule, dtype
     if isinstance(schedule, GemvSchedule):
         return jobs + [("gemv", arch, k, group_size, schedule, dtype, has4, has8)]
     jobs.append(("mma", arch, k, group_size, schedule.fitted(arch, has4, has8), dtype, has4, has8))
-    return jobs + ([("epi", arch, dtype, has4, has8)] if schedule.split_k > 1 else [])
+    return jobs + ([("epi", arch, dtype, has4)] if schedule.split_k > 1 else [])
 
 
 def kernel_jobs_any_split(arch: str, k: int, group_size: int, schedule: AnySchedule, dtype: str) -> list[tuple]:
@@ -159,7 +159,7 @@ def _run_mma(xq, a, pw: PackedWeight, y, schedule: Schedule, arch):
         return
     acc = torch.zeros(xq.shape[0], pw.idx4.numel() + pw.idx8.numel(), dtype=torch.int32, device=xq.device)
     kernel(xq, a, *rows4, *rows8, acc)
-    compiled("epi", arch, dtype, has4, has8)(acc, a, rows4[3], rows4[4], rows8[1], rows8[2], y)
+    compiled("epi", arch, dtype, has4)(acc, a, rows4[3], rows4[4], rows8[1], rows8[2], y)
 
 
 def _run_gemv(xq, a, pw: PackedWeight, y, schedule: GemvSchedule, arch):

@@ -175,20 +175,19 @@ def mixed_gemm(k: int, group_size: int, schedule: Schedule, out_dtype: str = "fl
     return main
 
 
-def epilogue(out_dtype: str = "float16", has4: bool = True, has8: bool = True,
-                   block_m: int = 16, block_n: int = 128):
-    """Y from a split-K int32 workspace Acc (M, real n4 + n8), 4-bit columns first:
-    y[m, idx[n]] = out((fp32(acc[m, n]) * a[m]) * s[n])."""
+def epilogue(out_dtype: str = "float16", has4: bool = True, block_m: int = 16, block_n: int = 128):
+    """Y from a split-K int32 workspace Acc (M, 4-bit rows + 8-bit rows), 4-bit columns first:
+    y[m, idx[n]] = out((fp32(acc[m, n]) * a[m]) * s[n]).  An absent precision's S/I are
+    one-row placeholders, hence the real 4-bit column count ``n4_real``."""
     m, n4, n8, n_total = T.dynamic("m"), T.dynamic("n4"), T.dynamic("n8"), T.dynamic("n_total")
-    n_acc = T.dynamic("n_acc")
+    cols = T.dynamic("n_acc")
     out = DTYPES[out_dtype]
     n4_real = n4 if has4 else 0
 
     @T.prim_func
-    def main(Acc: T.Tensor((m, n_acc), "int32"), A: T.Tensor((m,), "float32"),
+    def main(Acc: T.Tensor((m, cols), "int32"), A: T.Tensor((m,), "float32"),
              S4: T.Tensor((n4,), "float32"), I4: T.Tensor((n4,), "int32"),
              S8: T.Tensor((n8,), "float32"), I8: T.Tensor((n8,), "int32"), Y: T.Tensor((m, n_total), out)):
-        cols = n_acc
         with T.Kernel(T.ceildiv(cols, block_n), T.ceildiv(m, block_m), threads=128) as (bx, by):
             for i, j in T.Parallel(block_m, block_n):
                 row = by * block_m + i
