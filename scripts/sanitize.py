@@ -13,8 +13,10 @@ from mixkern.reference import float64_gemm_quantized
 from mixkern.schedules import GemvSchedule, Schedule
 
 K = 512
-CASES = [  # (M, N, schedule): decode kernel, tensor-core kernel (one split and split-K), tails in M and N
+CASES = [  # (M, N, schedule): decode kernel (plain, fused, streamed), tensor-core kernel (one split and split-K), tails in M and N
     (1, 200, GemvSchedule(2, 4, 1)), (5, 201, GemvSchedule(4, 2, 4)), (16, 130, GemvSchedule(4, 2, 16)),
+    (1, 203, GemvSchedule(4, 4, 1, chunk=4, fused=True)), (3, 199, GemvSchedule(2, 2, 3, chunk=8, fused=True)),
+    (2, 150, GemvSchedule(1, 4, 2, chunk=16)),
     (70, 200, Schedule(64, 64, 128, 4, 128, 1)), (77, 333, Schedule(64, 64, 128, 4, 128, 2)),
     (300, 390, Schedule(128, 128, 64, 3, 256, 1)), (257, 260, Schedule(256, 128, 64, 3, 256, 1)),
     (129, 300, Schedule(128, 256, 128, 2, 256, 1)), (256, 520, Schedule(256, 128, 128, 3, 256, 1)),

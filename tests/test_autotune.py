@@ -95,6 +95,30 @@ def test_pruning_rules():
     assert prune_reason(GemvSchedule(8, 8, 16), "sm_90a", 4096, 4096, 128) == "registers"
     assert prune_reason(GemvSchedule(1, 8, 1), "sm_90a", 4096, 2048, 128) == "idle lanes"
     assert prune_reason(GemvSchedule(4, 1, 1), "sm_90a", 2, 2048, 128) == "rows > N"
+    # a fused block keeps tokens * ceil(K / (1024 * warps)) steps of 8 x words in registers
+    # a fused block keeps tokens * ceil(K / (1024 * warps)) steps of 8 x words in registers, a
+    # streamed one rows * steps of 8 weight words; at most 8 of each
+    assert prune_reason(GemvSchedule(1, 4, 1, fused=True), "sm_90a", 8192, 28672, 128) is None  # 7 steps
+    assert prune_reason(GemvSchedule(2, 4, 1, fused=True), "sm_90a", 8192, 28672, 128) == "registers"  # 2 x 7
+    assert prune_reason(GemvSchedule(1, 2, 1, fused=True), "sm_90a", 8192, 28672, 128) == "registers"  # 14
+    assert prune_reason(GemvSchedule(2, 4, 2, fused=True), "sm_90a", 4096, 14336, 128) is None  # 2 x 4
+    assert prune_reason(GemvSchedule(2, 4, 4, fused=True), "sm_90a", 4096, 14336, 128) == "registers"  # 4 x 4
+    assert prune_reason(GemvSchedule(8, 4, 1, chunk=4), "sm_90a", 4096, 14336, 128) == "registers"  # 8 x 4
+
+
+def test_long_k_falls_back_from_a_fused_decode_schedule(monkeypatch):
+    from mixkern import schedules
+    fused = GemvSchedule(4, 4, 1, chunk=16, fused=True)
+    monkeypatch.setitem(schedules.DEFAULTS, 1, fused)
+    schedules.pick.cache_clear()
+    try:
+        assert schedules.pick("sm_90a", 1, 333, 4096) == fused
+        assert schedules.pick("sm_90a", 1, 333, 65536) == GemvSchedule(4, 4, 1)  # 16 steps: plain kernel
+        with pytest.raises(ValueError, match="registers"):
+            fused.check(65536, 128)
+    finally:
+        schedules.pick.cache_clear()
+    assert fused.key == "gemv_r4_w4_t1_c16_f" and GemvSchedule(2, 4, 1).key == "gemv_r2_w4_t1"
 
 
 def test_fitted_schedules_shrink_only_the_kernels_that_overflow_shared_memory():

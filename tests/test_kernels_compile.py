@@ -46,6 +46,8 @@ def test_kernel_compiles_with_expected_instructions(job, sources):
     if kind == "gemv":  # decode: 128-bit weight loads, int8 dot products on CUDA cores
         assert "*(int4*)(W" in src and "__dp4a(" in src
         assert ("& 252645135" in src) == job[6]  # 0x0F0F0F0F: the word-wise nibble decode, 4-bit rows only
+        # fused: the block quantizes x itself (block-wide max, IEEE division, round half to even)
+        assert ("warp_reduce_max" in src and "nearbyintf" in src) == job[4].fused
         return
     if kind != "mma":
         return

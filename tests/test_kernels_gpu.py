@@ -2,24 +2,39 @@
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import mixkern
 from mixkern import quantize_activation, quantize_weight, tolerance
 from mixkern.reference import float64_gemm_quantized, reference_gemm_quantized
-from mixkern.schedules import all_default_schedules
+from mixkern.schedules import GemvSchedule, all_default_schedules
 from strategies import within
 
 pytestmark = pytest.mark.gpu
 KS = (128, 512, 4096)  # K is compiled in; M, N and the 4-/8-bit split are dynamic
+DECODE_KS = (128, 4096, 14336)
+DECODE_SCHEDULES = (  # the decode kernel's options: activation quantization fused in, row groups per block
+    GemvSchedule(2, 4, 1, chunk=4, fused=True), GemvSchedule(4, 2, 4, chunk=16, fused=True),
+    GemvSchedule(4, 8, 2, chunk=1, fused=True), GemvSchedule(1, 4, 3, chunk=8), GemvSchedule(8, 4, 1, chunk=16))
 
 
 @pytest.fixture(scope="module", autouse=True)
 def compiled_kernels():
     from mixkern.bench import warm_compile_cache
     from mixkern.kernels.launch import arch_of
-    warm_compile_cache(arch_of(torch.device("cuda")), {k: all_default_schedules() for k in KS}, ("float16", "bfloat16"))
+    plan = {k: all_default_schedules() for k in KS}
+    for k in DECODE_KS:
+        plan[k] = plan.get(k, []) + [s for s in DECODE_SCHEDULES if _fits(s, k)]
+    warm_compile_cache(arch_of(torch.device("cuda")), plan, ("float16", "bfloat16"))
+
+
+def _fits(schedule, k):
+    try:
+        schedule.check(k, 128)
+        return True
+    except ValueError:
+        return False
 
 
 @pytest.fixture(autouse=True)
@@ -62,6 +77,21 @@ def test_gemm_kernels_match_reference(m, n, k, fraction, dtype, seed):
 @pytest.mark.parametrize("m", [1, 3, 16, 77])
 def test_every_default_schedule(schedule, m, fraction):
     pw, x = _inputs(m, m, 520, 4096, fraction, torch.float16)
+    assert _check(x, pw, schedule) == 0.0
+
+
+@settings(max_examples=60)
+@given(m=st.integers(1, 16), n=st.one_of(st.integers(1, 300), st.sampled_from([4096, 1000])),
+       k=st.sampled_from(DECODE_KS), schedule=st.sampled_from(DECODE_SCHEDULES),
+       fraction=st.sampled_from([0.0, 0.1, 1.0]), dtype=st.sampled_from([torch.float16, torch.bfloat16]),
+       zero_row=st.booleans(), seed=st.integers(0, 2**31 - 1))
+def test_decode_kernel_options_match_reference(m, n, k, schedule, fraction, dtype, zero_row, seed):
+    """Fused activation quantization and several row groups per block: bit-equal to the reference,
+    also with a token of zeros (scale 0) and K shorter than one block step."""
+    assume(_fits(schedule, k))
+    pw, x = _inputs(seed, m, n, k, fraction, dtype)
+    if zero_row:
+        x[m // 2] = 0
     assert _check(x, pw, schedule) == 0.0
 
 

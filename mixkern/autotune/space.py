@@ -1,6 +1,7 @@
 """The schedule space per M bucket, and the pruning that removes what cannot run well or at all.
 
-Decode buckets (M <= 16) try the dp4a kernel (:class:`GemvSchedule`) and small-tile
+Decode buckets (M <= 16) try the dp4a kernel (:class:`GemvSchedule`: with or without the
+activation quantization fused in, one or several row groups per block) and small-tile
 tensor-core schedules with split-K; larger buckets try tensor-core tiles only.  Pruning is
 static, before anything compiles: shared memory per block, accumulator registers per
 thread, K divisibility, wgmma's 64-row minimum per warpgroup, idle lanes in the dp4a
@@ -22,7 +23,10 @@ def _gemv_space(bucket: int) -> list[GemvSchedule]:
     if bucket > 16:
         return []
     tokens = {1: (1,), 4: (2, 4), 16: (4, 8, 16)}[bucket]
-    return [GemvSchedule(r, w, t) for r, w, t in itertools.product((1, 2, 4, 8), (1, 2, 4, 8), tokens)]
+    plain = [GemvSchedule(r, w, t) for r, w, t in itertools.product((1, 2, 4, 8), (1, 2, 4, 8), tokens)]
+    fused = [GemvSchedule(r, w, t, c, fused=True)
+             for r, w, t, c in itertools.product((1, 2, 4, 8), (1, 2, 4, 8), tokens, (1, 4, 16))]
+    return plain + fused
 
 
 def _mma_space(bucket: int) -> list[Schedule]:
@@ -38,6 +42,8 @@ def _mma_space(bucket: int) -> list[Schedule]:
 def prune_reason(s: AnySchedule, arch: str, n: int, k: int, group_size: int) -> str | None:
     """Why ``s`` cannot (or should not) run an N x K layer on ``arch``; None if it may."""
     base = arch.split("+")[0]
+    if isinstance(s, GemvSchedule) and not s.fits_registers(k):
+        return "registers"  # the block's quantized x or a row group's weights would not fit
     try:
         s.check(k, group_size)
     except ValueError:

@@ -98,9 +98,12 @@ def compiled(kind: str, arch: str, *args):
 def kernel_jobs(arch: str, k: int, group_size: int, schedule: AnySchedule, dtype: str,
                 has4: bool = True, has8: bool = True) -> list[tuple]:
     """The ``compiled`` argument tuples that one GEMM with this schedule launches."""
+    gemv = ("gemv", arch, k, group_size, schedule, dtype, has4, has8)
+    if isinstance(schedule, GemvSchedule) and schedule.fused:
+        return [gemv]  # quantizes x itself
     jobs = [("act", arch, k, dtype)]
     if isinstance(schedule, GemvSchedule):
-        return jobs + [("gemv", arch, k, group_size, schedule, dtype, has4, has8)]
+        return jobs + [gemv]
     jobs.append(("mma", arch, k, group_size, schedule.fitted(arch, has4, has8), dtype, has4, has8))
     return jobs + ([("epi", arch, dtype, has4)] if schedule.split_k > 1 else [])
 
@@ -115,16 +118,19 @@ def quantize_activation_cuda(x: torch.Tensor, arch: str | None = None) -> tuple[
     m, k = x.shape
     xq = torch.empty(m, k, dtype=torch.int8, device=x.device)
     a = torch.empty(m, dtype=torch.float32, device=x.device)
-    compiled("act", arch or arch_of(x.device), k, TL_DTYPES[x.dtype])(x, xq, a)
+    compiled("act", arch or arch_of(x.device), k, TL_DTYPES[x.dtype])(_aligned(x), xq, a)
     return xq, a
 
 
-def _words(t: torch.Tensor) -> torch.Tensor:
-    """A byte tensor as int32 words for the decode kernel's 128-bit loads (no copy when aligned)."""
+def _aligned(t: torch.Tensor) -> torch.Tensor:
+    """``t`` contiguous at a 16-byte boundary, for the kernels' 128-bit loads (no copy when it is)."""
     t = t.contiguous()
-    if t.data_ptr() % 16:
-        t = t.clone()
-    return t.view(torch.int32)
+    return t.clone() if t.data_ptr() % 16 else t
+
+
+def _words(t: torch.Tensor) -> torch.Tensor:
+    """A byte tensor as int32 words for the decode kernel's 128-bit loads."""
+    return _aligned(t).view(torch.int32)
 
 
 @lru_cache(maxsize=None)
@@ -162,10 +168,15 @@ def _run_mma(xq, a, pw: PackedWeight, y, schedule: Schedule, arch):
     compiled("epi", arch, dtype, has4)(acc, a, rows4[3], rows4[4], rows8[1], rows8[2], y)
 
 
-def _run_gemv(xq, a, pw: PackedWeight, y, schedule: GemvSchedule, arch):
-    k = xq.shape[1]
+def _run_gemv(x, pw: PackedWeight, y, schedule: GemvSchedule, arch):
+    """The decode kernel; a fused schedule takes fp16/bf16 x and quantizes it in the same launch."""
+    m, k = x.shape
     has4, has8, rows4, rows8 = _rows(pw, k, words=True)
     kernel = compiled("gemv", arch, k, pw.group_size, schedule, TL_DTYPES[y.dtype], has4, has8)
+    if schedule.fused:
+        kernel(_aligned(x), torch.empty(m, dtype=torch.float32, device=x.device), *rows4, *rows8, y)
+        return
+    xq, a = quantize_activation_cuda(x, arch)
     kernel(_words(xq), a, *rows4, *rows8, y)
 
 
@@ -183,12 +194,11 @@ def gemm_cuda(x: torch.Tensor, pw: PackedWeight, schedule: AnySchedule | None = 
         schedule = pick(arch, m, pw.shape[0], k, pw.group_size)  # checked (and cached) by pick
     else:
         schedule.check(k, pw.group_size)
-    xq, a = quantize_activation_cuda(x, arch)
     y = torch.empty(m, pw.shape[0], dtype=x.dtype, device=x.device)
     if POISON_OUTPUT:
         y.fill_(float("nan"))
     if isinstance(schedule, GemvSchedule):
-        _run_gemv(xq, a, pw, y, schedule, arch)
-        return y
-    _run_mma(xq, a, pw, y, schedule, arch)
+        _run_gemv(x, pw, y, schedule, arch)
+    else:
+        _run_mma(*quantize_activation_cuda(x, arch), pw, y, schedule, arch)
     return y

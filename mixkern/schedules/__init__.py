@@ -70,22 +70,45 @@ class Schedule:
 class GemvSchedule:
     """The decode kernel (:mod:`mixkern.kernels.decode_gemv`): dp4a on CUDA cores, one launch."""
 
-    rows: int = 2  # output features per block
+    rows: int = 2  # output features per row group
     warps: int = 4  # warps per block; together they cover K, 32 values per lane per step
     tokens: int = 1  # tokens per block (grid y covers the rest)
+    chunk: int = 1  # row groups per block, one after another
+    fused: bool = False  # quantize x inside the kernel (no separate activation-quantization launch)
+
+    @property
+    def streamed(self) -> bool:
+        """Whole row groups of weight words held in registers, the next one loaded early."""
+        return self.fused or self.chunk > 1
+
+    def steps(self, k: int) -> int:
+        """K steps of one block: each of its lanes reads 32 K values per step."""
+        return -(-k // (32 * 32 * self.warps))
 
     def check(self, k: int, group_size: int) -> None:
         if k % 32 or group_size % 32:
             raise ValueError(f"the decode kernel needs K and group_size multiples of 32, got K={k}, group_size={group_size}")
-        if not (1 <= self.rows <= 8 and 1 <= self.warps <= 8 and 1 <= self.tokens <= 16):
-            raise ValueError(f"{self}: rows 1..8, warps 1..8, tokens 1..16")
+        if not (1 <= self.rows <= 8 and 1 <= self.warps <= 8 and 1 <= self.tokens <= 16 and 1 <= self.chunk <= 64):
+            raise ValueError(f"{self}: rows 1..8, warps 1..8, tokens 1..16, chunk 1..64")
         if self.rows * self.tokens > 32 * self.warps:
             raise ValueError(f"{self}: rows * tokens must not exceed the block's threads")
+        if not self.fits_registers(k):
+            raise ValueError(f"{self}: a fused block holds tokens * steps, a streamed one rows * steps of 8 "
+                             f"x / weight words per lane in registers, each at most {HELD_STEPS}; "
+                             f"K={k} is {self.steps(k)} steps of 1024 * warps")
+
+    def fits_registers(self, k: int) -> bool:
+        """Whether a fused / streamed block's register-held x and weight words fit for this K."""
+        return ((not self.fused or self.tokens * self.steps(k) <= HELD_STEPS)
+                and (not self.streamed or self.rows * self.steps(k) <= HELD_STEPS))
 
     @property
     def key(self) -> str:
-        return "gemv_r{rows}_w{warps}_t{tokens}".format(**asdict(self))
+        tail = (f"_c{self.chunk}" if self.chunk > 1 else "") + ("_f" if self.fused else "")
+        return "gemv_r{rows}_w{warps}_t{tokens}".format(**asdict(self)) + tail
 
+
+HELD_STEPS = 8  # token-steps of x words (fused), row-steps of weight words (streamed): 8 words each, <= 64 registers
 
 DEFAULTS = {  # per M bucket, for shapes the table lacks: the most frequent winners of the H100 tuning
     1: GemvSchedule(rows=2, warps=4, tokens=1),
@@ -136,6 +159,8 @@ def pick(arch: str, m: int, n: int, k: int, group_size: int = 128) -> AnySchedul
     the bucket default.  A tensor-core schedule serves both the 4-bit and the 8-bit launch."""
     b = bucket(m)
     schedule = load_table(arch).get(table_key(m, n, k), DEFAULTS[b])
+    if isinstance(schedule, GemvSchedule) and schedule.streamed and not schedule.fits_registers(k):
+        schedule = GemvSchedule(schedule.rows, schedule.warps, schedule.tokens)  # K too long to hold: plain
     if isinstance(schedule, Schedule):
         while schedule.split_k > 1 and k % (schedule.block_k * schedule.split_k):
             schedule = Schedule(**{**asdict(schedule), "split_k": schedule.split_k // 2})
