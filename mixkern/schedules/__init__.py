@@ -159,7 +159,7 @@ def pick(arch: str, m: int, n: int, k: int, group_size: int = 128) -> AnySchedul
     the bucket default.  A tensor-core schedule serves both the 4-bit and the 8-bit launch."""
     b = bucket(m)
     schedule = load_table(arch).get(table_key(m, n, k), DEFAULTS[b])
-    if isinstance(schedule, GemvSchedule) and schedule.streamed and not schedule.fits_registers(k):
+    if isinstance(schedule, GemvSchedule) and not schedule.fits_registers(k):
         schedule = GemvSchedule(schedule.rows, schedule.warps, schedule.tokens)  # K too long to hold: plain
     if isinstance(schedule, Schedule):
         while schedule.split_k > 1 and k % (schedule.block_k * schedule.split_k):
