@@ -12,7 +12,8 @@ from .ops import gemm
 from .packing import pack_int4, unpack_int4
 from .quantize import quantize_activation, quantize_weight
 from .reference import reference_gemm, tolerance
-from .model import MixLinear, QuantConfig, load_quantized, quantize_model, save_quantized
+from .linear import MixLinear
+from .model import QuantConfig, load_quantized, quantize_model, save_quantized
 
 __version__ = "0.1.0"
 
