@@ -14,6 +14,7 @@ from .quantize import quantize_activation, quantize_weight
 from .reference import reference_gemm, tolerance
 from .linear import MixLinear
 from .model import QuantConfig, load_quantized, quantize_model, save_quantized
+from .warmup import warmup
 
 __version__ = "0.1.0"
 
@@ -21,5 +22,5 @@ __all__ = [
     "PackedWeight", "WeightFormat", "FORMAT_VERSION", "GROUP_SIZES",
     "quantize_weight", "quantize_activation", "gemm", "reference_gemm", "tolerance",
     "pack_int4", "unpack_int4",
-    "quantize_model", "QuantConfig", "MixLinear", "save_quantized", "load_quantized",
+    "quantize_model", "QuantConfig", "MixLinear", "save_quantized", "load_quantized", "warmup",
 ]

@@ -18,7 +18,6 @@ import argparse
 import json
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
 
 import torch
 import torch.nn.functional as F
@@ -26,7 +25,8 @@ import torch.nn.functional as F
 from .format import PackedWeight
 from .quantize import quantize_activation, quantize_weight
 from .reference import float64_gemm_quantized, tolerance
-from .schedules import DEFAULTS, all_default_schedules, bucket, pick
+from .schedules import fit, pick
+from .schedules.heuristic import choose
 
 LLAMA_SHAPES = ["4096x4096", "1024x4096", "14336x4096", "4096x14336", "8192x8192", "28672x8192", "8192x28672"]
 M_VALUES = [1, 4, 16, 64, 256, 1024, 4096]
@@ -68,21 +68,15 @@ def _clone_packed(pw: PackedWeight) -> PackedWeight:
     return PackedWeight.unchecked(**{**pw.__dict__, **{n: t.clone() for n, t in pw.tensors().items()}})
 
 
-def _compile_one(args):
-    from .kernels.launch import compiled
-    compiled(*args)  # fills TileLang's disk cache; the parent process then loads from it
-    return args
-
-
-def warm_compile_cache(arch: str, plan: dict, dtypes=("float16",), workers=12):
+def warm_compile_cache(arch: str, plan: dict, dtypes=("float16",), group_size: int = 128):
     """Compile, in parallel processes, every kernel of the schedules in ``plan`` ({K: schedules})."""
     from .kernels.launch import kernel_jobs_any_split
+    from .warmup import compile_jobs
     jobs = {j for dtype in dtypes for k, schedules in plan.items() for s in schedules
-            for j in kernel_jobs_any_split(arch, k, 128, s, dtype)}
+            for j in kernel_jobs_any_split(arch, k, group_size, s, dtype)}
     t0 = time.perf_counter()
-    with ProcessPoolExecutor(workers) as pool:
-        list(pool.map(_compile_one, sorted(jobs, key=str)))
-    print(f"compiled {len(jobs)} kernels in {time.perf_counter() - t0:.0f}s", file=sys.stderr)
+    built = compile_jobs(sorted(jobs, key=str))
+    print(f"{len(jobs)} kernels ready ({built} compiled) in {time.perf_counter() - t0:.0f}s", file=sys.stderr)
 
 
 def copy_bandwidth() -> float:
@@ -142,10 +136,11 @@ def run(shapes, ms, fractions, seed=0):
                 row["int8_ms"] = _rotated_ms(lambda i: w8a8_torch(xs[i], *w8s[i]), r) if m > 16 else None
             except RuntimeError:
                 row["int8_ms"] = None
-            default = DEFAULTS[bucket(m)]
-            row["default"], row["tuned"] = default.key, pick(arch_of(x.device), m, n, k).key
             f1 = fractions[-1]
-            row[f"mixkern_{f1:g}_default_ms"] = _rotated_ms(lambda i: gemm_cuda(xs[i], pws[f1][i], default), r)
+            arch, n8 = arch_of(x.device), packed[f1].idx8.numel()
+            heuristic = fit(choose(arch, m, n, k, 128, n8), k, 128)
+            row["heuristic"], row["tuned"] = heuristic.key, pick(arch, m, n, k, 128, n8).key
+            row[f"mixkern_{f1:g}_heuristic_ms"] = _rotated_ms(lambda i: gemm_cuda(xs[i], pws[f1][i], heuristic), r)
             for f, pw in packed.items():
                 row[f"err_{f:g}"] = check(x, pw)
                 row[f"mixkern_{f:g}_ms"] = _rotated_ms(lambda i: gemm(xs[i], pws[f][i]), r)
@@ -162,8 +157,8 @@ def run(shapes, ms, fractions, seed=0):
 def table(rows, fractions) -> str:
     f0, f1 = fractions[0], fractions[-1]
     head = (f"| N x K | M | cuBLAS fp16 us | int8 W8A8 us | mixkern {f0:.0%} us | mixkern {f1:.0%} us | {f0:.0%} eager us "
-            f"| speedup vs fp16 ({f0:.0%}) | {f0:.0%} / HBM floor | {f1:.0%} / {f0:.0%} | {f1:.0%} default-schedule us "
-            f"| tuned / default | max err/tol |")
+            f"| speedup vs fp16 ({f0:.0%}) | {f0:.0%} / HBM floor | {f1:.0%} / {f0:.0%} | {f1:.0%} heuristic-schedule us "
+            f"| tuned / heuristic | max err/tol |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         i8 = f"{r['int8_ms'] * 1e3:.1f}" if r["int8_ms"] else "n/a"
@@ -173,7 +168,8 @@ def table(rows, fractions) -> str:
         lines.append(f"| {r['shape']} | {r['m']} | {r['fp16_ms'] * 1e3:.1f} | {i8} | {t0 * 1e3:.1f} | {t1 * 1e3:.1f} "
                      f"| {r[f'mixkern_{f0:g}_eager_ms'] * 1e3:.1f} "
                      f"| {r['fp16_ms'] / t0:.2f}x | {floor / t0:.0%} | {t1 / t0:.2f} "
-                     f"| {r[f'mixkern_{f1:g}_default_ms'] * 1e3:.1f} | {t1 / r[f'mixkern_{f1:g}_default_ms']:.2f} | {err:.2f} |")
+                     f"| {r[f'mixkern_{f1:g}_heuristic_ms'] * 1e3:.1f} | {t1 / r[f'mixkern_{f1:g}_heuristic_ms']:.2f} "
+                     f"| {err:.2f} |")
     return "\n".join(lines)
 
 
@@ -210,7 +206,10 @@ def main(argv=None) -> int:
     plan = {}
     for shape in args.shapes:
         n, k = map(int, shape.split("x"))
-        plan.setdefault(k, set(all_default_schedules())).update(pick(arch, m, n, k) for m in args.m)
+        for f in args.fractions:
+            n8 = round(f * n)
+            for m in args.m:
+                plan.setdefault(k, set()).update({pick(arch, m, n, k, 128, n8), fit(choose(arch, m, n, k, 128, n8), k, 128)})
     warm_compile_cache(arch, plan)
     rows = run(args.shapes, args.m, args.fractions)
     if args.json:

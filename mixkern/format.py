@@ -38,7 +38,19 @@ from .packing import NIBBLE_ORDER, unpack_int4
 
 FORMAT_VERSION = 1
 GROUP_SIZES = (64, 128, 256)
+MAX_IN_FEATURES = 131072  # the longest row the GPU kernels take (activation quantization holds a row in one block)
 LEVEL1_MAX = 119  # progressive level one: |w8| <= 119 keeps (q - z) * s2 inside int8
+
+
+def check_in_features(k: int, group_size: int) -> None:
+    """Raise ValueError unless a K-long row can be packed with this group size and run on the GPU."""
+    if group_size not in GROUP_SIZES:
+        raise ValueError(f"group_size must be one of {GROUP_SIZES}, got {group_size}")
+    if k < 1 or k % group_size:
+        raise ValueError(f"in_features K={k} is not a positive multiple of group_size={group_size}")
+    if k > MAX_IN_FEATURES:
+        raise ValueError(f"in_features K={k} exceeds mixkern's limit of {MAX_IN_FEATURES} (the GPU kernels "
+                         "quantize a token's row in one block); split the layer along K")
 
 
 class WeightFormat(str, enum.Enum):
@@ -129,10 +141,9 @@ class PackedWeight:
             raise ValueError(f"packed weight format version {self.version} is not supported (this is {FORMAT_VERSION})")
         if self.nibble_order != NIBBLE_ORDER:
             raise ValueError(f"nibble order {self.nibble_order!r} is not {NIBBLE_ORDER!r}")
-        if g not in GROUP_SIZES:
-            raise ValueError(f"group_size must be one of {GROUP_SIZES}, got {g}")
-        if n < 1 or k < 1 or k % g:
-            raise ValueError(f"shape {self.shape} needs N >= 1 and K a positive multiple of group_size {g}")
+        if n < 1:
+            raise ValueError(f"shape {self.shape} needs N >= 1")
+        check_in_features(k, g)
         n4, n8 = self.idx4.numel(), self.idx8.numel()
         scale_dtype = torch.uint8 if self.format is WeightFormat.PROGRESSIVE else torch.float16
         expect = {

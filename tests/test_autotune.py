@@ -10,8 +10,9 @@ from hypothesis import strategies as st
 
 from mixkern.autotune.__main__ import main, model_shapes
 from mixkern.autotune.space import candidates, prune_reason
-from mixkern.schedules import (DEFAULTS, M_BUCKETS, SHARED_BYTES, TABLE_VERSION, GemvSchedule, Schedule, bucket,
+from mixkern.schedules import (M_BUCKETS, SHARED_BYTES, TABLE_VERSION, GemvSchedule, Schedule, bucket, fit,
                                load_table, pick, schedule_from_dict, table_path)
+from mixkern.schedules.heuristic import choose, every_schedule
 
 ARCHS = ("sm_80", "sm_90a")
 
@@ -35,10 +36,11 @@ def test_shipped_table_is_versioned_complete_and_valid(arch):
         assert prune_reason(s, arch, n, k, 128) is None
         ev = raw["evidence"][key]
         assert ev["wrong"] == 0 and ev["compile_errors"] == 0 and ev["verified_exact"] == ev["candidates"]
+        untuned = ev.get("heuristic_us", ev.get("default_us"))  # what ran untuned when it was tuned
         if timed:
-            assert 0 < ev["best_us"] <= ev["default_us"] * 1.0001  # never slower than the default it beat
+            assert 0 < ev["best_us"] <= untuned * 1.0001  # never slower than the schedule it beat
         else:
-            assert ev["best_us"] is None and s == DEFAULTS[int(b)]
+            assert ev["best_us"] is None
         assert load_table(arch)[key] == s
 
 
@@ -48,7 +50,7 @@ def test_bucket_is_the_first_bound_at_or_above_m(m):
     assert m <= b and all(m > smaller for smaller in M_BUCKETS if smaller < b)
 
 
-def test_pick_uses_the_table_then_the_bucket_default():
+def test_pick_uses_the_timed_table_then_the_heuristic():
     table = load_table("sm_90a")
     for key, s in table.items():
         b, shape = int(key.split(":")[0]), key.split(":")[1]
@@ -56,8 +58,10 @@ def test_pick_uses_the_table_then_the_bucket_default():
         lowest = 1 if b == M_BUCKETS[0] else M_BUCKETS[M_BUCKETS.index(b) - 1] + 1
         for m in (lowest, min(b, 5000)):  # both ends of the bucket
             assert pick("sm_90a", m, n, k) == s, (m, key)
-    assert pick("sm_90a", 3, 4096, 768) == DEFAULTS[4]  # a shape the table lacks
-    assert pick("sm_80", 2000, 512, 512) == DEFAULTS[1 << 30]
+    assert pick("sm_90a", 3, 4096, 768) == choose("sm_90a", 3, 4096, 768)  # a shape the table lacks
+    assert pick("sm_80", 2000, 512, 512) == choose("sm_80", 2000, 512, 512)
+    # the A100 table was verified, not timed: the heuristic (which knows the A100's 108 SMs) decides
+    assert pick("sm_80", 1, 14336, 4096) == fit(choose("sm_80", 1, 14336, 4096), 4096, 128)
     assert table_path("sm_80+sm_90") == table_path("sm_80")  # Ampere code run on Hopper reads the sm_80 table
 
 
@@ -67,7 +71,7 @@ def test_split_k_shrinks_until_k_divides():
 
 
 def test_schedule_round_trips_through_the_table_format():
-    for s in set(DEFAULTS.values()):
+    for s in every_schedule():
         from dataclasses import asdict
         assert schedule_from_dict(json.loads(json.dumps(asdict(s)))) == s
 
@@ -106,18 +110,12 @@ def test_pruning_rules():
     assert prune_reason(GemvSchedule(8, 4, 1, chunk=4), "sm_90a", 4096, 14336, 128) == "registers"  # 8 x 4
 
 
-def test_long_k_falls_back_from_a_fused_decode_schedule(monkeypatch):
-    from mixkern import schedules
+def test_long_k_falls_back_from_a_fused_decode_schedule():
     fused = GemvSchedule(4, 4, 1, chunk=16, fused=True)
-    monkeypatch.setitem(schedules.DEFAULTS, 1, fused)
-    schedules.pick.cache_clear()
-    try:
-        assert schedules.pick("sm_90a", 1, 333, 4096) == fused
-        assert schedules.pick("sm_90a", 1, 333, 65536) == GemvSchedule(4, 4, 1)  # 16 steps: plain kernel
-        with pytest.raises(ValueError, match="registers"):
-            fused.check(65536, 128)
-    finally:
-        schedules.pick.cache_clear()
+    assert fit(fused, 4096, 128) == fused
+    assert fit(fused, 65536, 128) == GemvSchedule(4, 4, 1)  # 16 steps: plain kernel
+    with pytest.raises(ValueError, match="registers"):
+        fused.check(65536, 128)
     assert fused.key == "gemv_r4_w4_t1_c16_f" and GemvSchedule(2, 4, 1).key == "gemv_r2_w4_t1"
 
 
@@ -134,14 +132,20 @@ def test_fitted_schedules_shrink_only_the_kernels_that_overflow_shared_memory():
 
 
 def test_model_presets_and_config_files(tmp_path):
-    assert model_shapes("llama3-8b") == [(4096, 4096), (1024, 4096), (14336, 4096), (4096, 14336)]
+    # q, k/v, fused q/k/v, o (same as q here), fused gate/up, gate/up, down
+    assert model_shapes("llama3-8b") == [(4096, 4096), (1024, 4096), (6144, 4096), (28672, 4096), (14336, 4096),
+                                         (4096, 14336)]
     assert (28672, 8192) in model_shapes("llama3-70b") and (512, 3584) in model_shapes("qwen2.5-7b")
+    assert (8192, 3584) in model_shapes("llama3-70b", tp=8)  # the row-parallel down projection's shard
     cfg = tmp_path / "config.json"
     cfg.write_text(json.dumps({"hidden_size": 2048, "intermediate_size": 5632, "num_attention_heads": 32,
                                "num_key_value_heads": 4}))
-    assert model_shapes(str(cfg)) == [(2048, 2048), (256, 2048), (5632, 2048), (2048, 5632)]
-    with pytest.raises(SystemExit, match="not a preset"):
+    expect = [(2048, 2048), (256, 2048), (2560, 2048), (11264, 2048), (5632, 2048), (2048, 5632)]
+    assert model_shapes(str(cfg)) == expect and model_shapes(str(tmp_path)) == expect  # file or its directory
+    with pytest.raises(SystemExit, match="neither a preset"):
         model_shapes("gpt-17")
+    with pytest.raises(SystemExit, match="does not divide"):
+        model_shapes(str(cfg), tp=3)
 
 
 def test_refuses_to_time_a_gpu_that_is_not_here(capsys):

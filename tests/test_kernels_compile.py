@@ -1,53 +1,33 @@
 """Every kernel variant lowers and compiles with nvcc for sm_80 and sm_90a (no GPU needed),
-and the generated CUDA uses the instructions the design relies on."""
+and the generated CUDA uses the instructions the design relies on.
+
+Kernels build in background processes (one per core) in the order the tests need them
+(``kernel_source`` in conftest.py), so results print as each finishes.  What is built and
+why: tests/kernel_jobs.py.  ``-m sweep`` adds every schedule of the tables and the heuristic
+in every precision mix and dtype."""
 
 import shutil
-from concurrent.futures import ProcessPoolExecutor
 
 import pytest
+
+from kernel_jobs import job_id, shape_jobs, structural_jobs, sweep_jobs
 
 pytestmark = [pytest.mark.compile,
               pytest.mark.skipif(shutil.which("nvcc") is None, reason="needs nvcc (CUDA toolkit)")]
 
-ARCHS = ("sm_80", "sm_90a")
-DTYPES = ("float16", "bfloat16")
-K = 4096
 
-
-def _variants():
-    """Every bucket default (both dtypes) and every schedule of the shipped tables (fp16), each
-    with every mix of 4- and 8-bit rows, for both archs."""
-    from mixkern.kernels.launch import kernel_jobs_any_split
-    from mixkern.schedules import all_default_schedules, load_table
-    jobs = [j for arch in ARCHS for dtype in DTYPES for s in all_default_schedules()
-            for j in kernel_jobs_any_split(arch, K, 128, s, dtype)]
-    jobs += [j for arch in ARCHS for s in sorted(set(load_table(arch).values()), key=lambda s: s.key)
-             for j in kernel_jobs_any_split(arch, K, 128, s, "float16")]
-    return list(dict.fromkeys(jobs))
-
-
-def _source(job):
-    from mixkern.kernels.launch import compiled
-    return compiled(*job).get_kernel_source()
-
-
-@pytest.fixture(scope="module")
-def sources():
-    jobs = _variants()
-    with ProcessPoolExecutor(2) as pool:  # nvcc is the slow part: one per core
-        return dict(zip(jobs, pool.map(_source, jobs)))
-
-
-@pytest.mark.parametrize("job", _variants(), ids=lambda j: "-".join(getattr(p, "key", str(p)) for p in j))
-def test_kernel_compiles_with_expected_instructions(job, sources):
-    src = sources[job]
+def check_instructions(job, src: str) -> None:
+    """The generated CUDA of one job uses the instructions its kernel is designed around."""
     kind, arch = job[0], job[1]
     assert "__global__" in src
+    if kind == "act":  # 16-byte loads of x, NaN kept (as +inf) in the token maximum, IEEE rounding
+        assert "*(uint4*)(xv" in src and "CUDART_INF_F" in src and "nearbyintf" in src
+        return
     if kind == "gemv":  # decode: 128-bit weight loads, int8 dot products on CUDA cores
         assert "*(int4*)(W" in src and "__dp4a(" in src
         assert ("& 252645135" in src) == job[6]  # 0x0F0F0F0F: the word-wise nibble decode, 4-bit rows only
         # fused: the block quantizes x itself (block-wide max, IEEE division, round half to even)
-        assert ("warp_reduce_max" in src and "nearbyintf" in src) == job[4].fused
+        assert ("warp_reduce_max" in src and "nearbyintf" in src and "CUDART_INF_F" in src) == job[4].fused
         return
     if kind != "mma":
         return
@@ -64,3 +44,21 @@ def test_kernel_compiles_with_expected_instructions(job, sources):
         assert f"tl::mma_sync<tl::{int8_mma}" in src
     # 4-bit tiles: the word-wise int4 -> int8 decode (mask, one multiply, carry-free byte subtract)
     assert (src.count("mixkern_decode16(") > 1) == has4  # a call besides the definition
+
+
+@pytest.mark.parametrize("job", shape_jobs(), ids=job_id)
+def test_every_model_k_compiles(job, kernel_source):
+    """Each K of Llama-2/3, Mistral, Mixtral, Qwen2.5, Phi-3 and Gemma-2 layers and their TP
+    shards (3584 = 7 * 512, 8960 = 35 * 256, 18944 = 37 * 512, ...) and odd K up to the limit."""
+    check_instructions(job, kernel_source(job))
+
+
+@pytest.mark.parametrize("job", structural_jobs(), ids=job_id)
+def test_every_code_path_compiles_in_every_precision_mix(job, kernel_source):
+    check_instructions(job, kernel_source(job))
+
+
+@pytest.mark.sweep
+@pytest.mark.parametrize("job", sweep_jobs(), ids=job_id)
+def test_every_schedule_compiles(job, kernel_source):
+    check_instructions(job, kernel_source(job))

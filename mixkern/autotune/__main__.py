@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import importlib.util
 import json
 import logging
 import os
@@ -17,31 +18,18 @@ import sys
 import time
 
 from ..schedules import M_BUCKETS, table_path
+from ..shapes import CONFIGS, resolve, unique_shapes
 from . import tuner
 
 GPUS = {"h100": ("sm_90a", (9, 0)), "a100": ("sm_80", (8, 0))}
-MODELS = {  # (hidden, intermediate, attention heads, kv heads, head dim) of the linear layers
-    "llama3-8b": (4096, 14336, 32, 8, 128),
-    "llama3-70b": (8192, 28672, 64, 8, 128),
-    "qwen2.5-7b": (3584, 18944, 28, 4, 128),
-}
-
-
-def model_shapes(name_or_config: str) -> list[tuple[int, int]]:
-    """N x K of a decoder's linear layers (q, k/v, o, gate/up, down) from a preset or a HF config.json."""
-    if name_or_config in MODELS:
-        hidden, inter, heads, kv, hd = MODELS[name_or_config]
-    elif os.path.exists(name_or_config):
-        with open(name_or_config) as f:
-            c = json.load(f)
-        try:
-            hidden, inter, heads = c["hidden_size"], c["intermediate_size"], c["num_attention_heads"]
-        except KeyError as e:
-            raise SystemExit(f"error: {name_or_config} has no {e} (need a decoder config.json)") from None
-        kv, hd = c.get("num_key_value_heads", heads), c.get("head_dim", hidden // heads)
-    else:
-        raise SystemExit(f"error: --model {name_or_config!r}: not a preset ({', '.join(MODELS)}) nor a config.json path")
-    return list(dict.fromkeys([(heads * hd, hidden), (kv * hd, hidden), (hidden, heads * hd), (inter, hidden), (hidden, inter)]))
+def model_shapes(name_or_config: str, tp: int = 1) -> list[tuple[int, int]]:
+    """N x K of a decoder's linear layers (q, k/v, fused q/k/v, o, gate/up, fused gate/up, down)
+    at tensor-parallel size ``tp``, from a preset of :data:`mixkern.shapes.CONFIGS` or a HF
+    config.json (a file or a directory holding one)."""
+    try:
+        return unique_shapes(resolve(name_or_config), tp)
+    except ValueError as e:
+        raise SystemExit(f"error: --model {name_or_config}: {e}") from None
 
 
 def parse_shape(text: str) -> tuple[int, int]:
@@ -65,12 +53,13 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m mixkern.autotune", description=__doc__.split("\n\n")[1])
     p.add_argument("--gpu", required=True, choices=[*GPUS, "auto"], help="GPU to tune for; auto = the present one")
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--model", help=f"preset ({', '.join(MODELS)}) or a HF config.json path")
+    src.add_argument("--model", help=f"a HF config.json (file or directory) or a preset ({', '.join(CONFIGS)})")
     src.add_argument("--shapes", nargs="+", type=parse_shape, help="NxK layer shapes (output x input features)")
     p.add_argument("--buckets", nargs="+", type=int, default=[b for b in M_BUCKETS],
                    help=f"M buckets to tune (of {list(M_BUCKETS)[:-1]} and {M_BUCKETS[-1]} for the rest)")
+    p.add_argument("--tp", type=int, default=1, help="with --model: tune one tensor-parallel rank's shapes")
     p.add_argument("--group-size", type=int, default=128)
-    p.add_argument("--max-candidates", type=int, default=48, help="per (bucket, shape): the default plus a fixed sample")
+    p.add_argument("--max-candidates", type=int, default=48, help="per (bucket, shape): the heuristic's choice plus a fixed sample")
     p.add_argument("--budget-min", type=float, default=60.0, help="stop starting new entries after this many minutes")
     p.add_argument("--compile-only", action="store_true", help="build every candidate; no GPU needed")
     p.add_argument("--verify", action="store_true",
@@ -99,7 +88,11 @@ def main(argv=None) -> int:
     bad = [b for b in args.buckets if b not in M_BUCKETS]
     if bad:
         p.error(f"--buckets {bad}: each must be one of {list(M_BUCKETS)}")
-    shapes = model_shapes(args.model) if args.model else (args.shapes or model_shapes("llama3-8b"))
+    if importlib.util.find_spec("tilelang") is None:
+        print("error: the autotuner builds TileLang kernels: pip install tilelang==0.1.15 (a dependency of mixkern)",
+              file=sys.stderr)
+        return 2
+    shapes = model_shapes(args.model, args.tp) if args.model else (args.shapes or model_shapes("llama3-8b"))
     for n, k in shapes:
         if k % args.group_size:
             p.error(f"shape {n}x{k}: K must be a multiple of --group-size {args.group_size}")
@@ -130,7 +123,7 @@ def main(argv=None) -> int:
     import torch
     meta = {"gpu": gpu.upper(), "timed": timed, "measured_on": name,
             "note": ("timed on this GPU" if timed else
-                     f"NOT timed on an {gpu.upper()}: bucket defaults, each verified to run bit-exact on {name} "
+                     f"NOT timed on an {gpu.upper()}: the heuristic's schedules, each verified to run bit-exact on {name} "
                      f"through {arch} PTX"),
             "created": datetime.date.today().isoformat(), "tilelang": tilelang.__version__, "torch": torch.__version__,
             "fraction_8bit": tuner.FRACTION_8BIT}

@@ -14,7 +14,8 @@ import itertools
 import random
 from collections import Counter
 
-from ..schedules import DEFAULTS, M_BUCKETS, SHARED_BYTES, AnySchedule, GemvSchedule, Schedule
+from ..schedules import M_BUCKETS, SHARED_BYTES, AnySchedule, GemvSchedule, Schedule, fit
+from ..schedules.heuristic import choose
 
 ACC_REGS_PER_THREAD = 128  # int32 accumulators per thread beyond which the kernel spills
 
@@ -65,15 +66,27 @@ def prune_reason(s: AnySchedule, arch: str, n: int, k: int, group_size: int) -> 
     return None
 
 
+def bucket_m(bucket: int) -> int:
+    """The M a bucket is tuned at: its upper bound (4096 for the open last bucket)."""
+    return min(bucket, 4096)
+
+
+def heuristic_for(arch: str, bucket: int, n: int, k: int, group_size: int, fraction_8bit: float) -> AnySchedule:
+    """What :mod:`mixkern.schedules.heuristic` runs for this entry when the table lacks it."""
+    return fit(choose(arch, bucket_m(bucket), n, k, group_size, round(fraction_8bit * n)), k, group_size)
+
+
 def candidates(arch: str, bucket: int, n: int, k: int, group_size: int = 128,
-               limit: int | None = None, seed: int = 0) -> tuple[list[AnySchedule], Counter]:
-    """Schedules worth timing for one (bucket, N, K), the bucket default first; and the
-    count of pruned ones by reason.  ``limit`` keeps the default plus a fixed random sample."""
+               limit: int | None = None, seed: int = 0,
+               fraction_8bit: float = 0.1) -> tuple[list[AnySchedule], Counter]:
+    """Schedules worth timing for one (bucket, N, K), the heuristic's choice first (never
+    pruned: it is what runs untuned); and the count of pruned ones by reason.  ``limit``
+    keeps the heuristic's choice plus a fixed random sample."""
     if bucket not in M_BUCKETS:
         raise ValueError(f"M bucket {bucket} is not one of {M_BUCKETS}")
     pruned: Counter = Counter()
-    kept = []
-    for s in [DEFAULTS[bucket]] + _gemv_space(bucket) + _mma_space(bucket):
+    kept = [heuristic_for(arch, bucket, n, k, group_size, fraction_8bit)]
+    for s in _gemv_space(bucket) + _mma_space(bucket):
         reason = prune_reason(s, arch, n, k, group_size)
         if reason:
             pruned[reason] += 1

@@ -19,16 +19,11 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 
 from .._progress import progress
-from ..schedules import DEFAULTS, TABLE_VERSION, AnySchedule, table_key
-from .space import candidates
+from ..schedules import TABLE_VERSION, AnySchedule, table_key
+from .space import bucket_m, candidates
 
 FRACTION_8BIT = 0.1
 DTYPE = "float16"
-
-
-def bucket_m(b: int) -> int:
-    """The M a bucket is tuned at: its upper bound (4096 for the open last bucket)."""
-    return min(b, 4096)
 
 
 @dataclass
@@ -46,6 +41,11 @@ class Entry:
     @property
     def key(self) -> str:
         return table_key(self.bucket, self.n, self.k)
+
+    @property
+    def heuristic(self) -> AnySchedule:
+        """The schedule that runs when the table lacks this entry (the first candidate)."""
+        return self.candidates[0]
 
     def best(self) -> AnySchedule | None:
         timed = [s for s in self.candidates if s.key in self.times_us]
@@ -142,16 +142,14 @@ def table_json(arch: str, entries: list[Entry], meta: dict) -> dict:
     """The versioned table the dispatcher reads, with the evidence for every entry."""
     schedules, evidence = {}, {}
     for e in entries:
-        best = e.best() if meta.get("timed") else (
-            DEFAULTS[e.bucket] if DEFAULTS[e.bucket].key in e.times_us else None)
+        best = e.best() if meta.get("timed") else (e.heuristic if e.heuristic.key in e.times_us else None)
         if best is None:
             continue
         schedules[e.key] = asdict(best)
-        default = DEFAULTS[e.bucket]
         num = lambda t: None if t is None or t != t else t  # noqa: E731 -- untimed (verify) runs store null
         evidence[e.key] = {
-            "best_us": num(e.times_us.get(best.key)), "default": default.key,
-            "default_us": num(e.times_us.get(default.key)), "candidates": len(e.candidates),
+            "best_us": num(e.times_us.get(best.key)), "heuristic": e.heuristic.key,
+            "heuristic_us": num(e.times_us.get(e.heuristic.key)), "candidates": len(e.candidates),
             "verified_exact": len(e.times_us),
             "compile_errors": len(e.compile_errors), "wrong": len(e.wrong), "pruned": dict(e.pruned)}
     return {"version": TABLE_VERSION, "arch": arch, **meta, "schedules": schedules, "evidence": evidence}
@@ -166,12 +164,12 @@ def write_table(path: str, table: dict) -> None:
 
 
 def summary(entries: list[Entry], timed: bool) -> str:
-    """Markdown table: per entry, candidates, failures, default and tuned time."""
-    head = "| M bucket | N x K | candidates | pruned | compile errors | wrong | default | default us | tuned | tuned us | speedup |"
+    """Markdown table: per entry, candidates, failures, the heuristic's and the tuned time."""
+    head = "| M bucket | N x K | candidates | pruned | compile errors | wrong | heuristic | heuristic us | tuned | tuned us | tuned / heuristic |"
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for e in entries:
         best = e.best()
-        d = DEFAULTS[e.bucket]
+        d = e.heuristic
         du, bu = e.times_us.get(d.key), e.times_us.get(best.key) if best else None
         fmt = (lambda t: "n/a" if t is None or t != t else f"{t:.1f}")  # noqa: E731
         speed = f"{du / bu:.2f}x" if timed and du and bu else "n/a"

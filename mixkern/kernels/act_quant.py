@@ -1,52 +1,95 @@
 """Per-token int8 activation quantization as one TileLang kernel (the rule of
 :mod:`mixkern.quantize.activations`, bit for bit: IEEE fp32 division, round half to even).
 
-One block per token, so decode's few tokens still spread over SMs.  When the row fits in
-registers (up to 64 values per thread at 1024 threads) it is read once: absolute maximum
-across the block, then ``xq = clamp(rint(x / a), -127, 127)`` from the same registers --
-one global round trip, which is what a one-token (decode) call waits for.  Longer rows take
-two passes in ``block_k`` chunks.  ``a = amax / 127``.
+One block per token, so decode's few tokens still spread over SMs.  Every thread loads
+whole 16-byte vectors (8 values) of its token's row into registers, ``vectors`` of them,
+so the row is read from memory once for any K that is a multiple of 8 up to
+:data:`MAX_K`: the block has as many warps as the row needs (any count from 1 to 32, not a
+power of two), each warp reduces its absolute maximum with shuffles and the warps meet in
+shared memory.  Then ``xq = clamp(rint(x / a), -127, 127)`` from the same registers,
+``a = amax / 127``.  A NaN counts as +inf in the maximum, so a token holding NaN or Inf
+gets ``a = inf`` and every output of that token is non-finite, while the other tokens are
+untouched (the reference does the same).
 """
 
+from dataclasses import dataclass
 
 import tilelang.language as T
 from tvm import tirx
 
-MAX_THREADS = 1024
-MAX_VALUES_PER_THREAD = 64
+from ..format import MAX_IN_FEATURES
+
+VALUES_PER_VECTOR = 8  # 16 bytes of fp16/bf16
+MAX_WARPS = 32
+MAX_VECTORS = 16  # per thread: 128 values held in 64 registers
+MAX_K = MAX_WARPS * 32 * MAX_VECTORS * VALUES_PER_VECTOR  # the longest row one block holds
+assert MAX_K >= MAX_IN_FEATURES, "the format promises rows this kernel cannot hold"
+
+
+@dataclass(frozen=True)
+class ActQuantPlan:
+    """How one block covers a K-long row: ``warps`` warps, ``vectors`` 16-byte vectors per thread."""
+    warps: int
+    vectors: int
+
+    @classmethod
+    def for_k(cls, k: int) -> "ActQuantPlan":
+        """The fewest vectors per thread that fit in 32 warps, then the fewest warps that cover the
+        row with them (idle lanes only in the last warp, or where the row is under 256 values)."""
+        if k % VALUES_PER_VECTOR or not 0 < k <= MAX_K:
+            raise ValueError(f"activation quantization needs K a positive multiple of {VALUES_PER_VECTOR} "
+                             f"up to {MAX_K}, got K={k}")
+        vecs = k // VALUES_PER_VECTOR
+        vectors = -(-vecs // (MAX_WARPS * 32))
+        return cls(warps=-(-vecs // (32 * vectors)), vectors=vectors)
+
+
+def magnitude(v):
+    """|v| in fp32, with NaN as +inf: fp32 max drops NaN, so the token's scale would stay finite."""
+    f = T.Cast("float32", v)
+    return T.if_then_else(tirx.isnan(f), T.infinity("float32"), T.abs(f))
 
 
 def act_quant(k: int, in_dtype: str = "float16"):
+    """TileLang prim_func: X (M, K) fp16/bf16 -> XQ int8 (M, K), A fp32 (M,) token scales."""
+    plan = ActQuantPlan.for_k(k)
+    warps, vectors = plan.warps, plan.vectors
+    threads, vecs, vw = 32 * warps, k // VALUES_PER_VECTOR, VALUES_PER_VECTOR
     m = T.dynamic("m")
-    threads = max(32, min(MAX_THREADS, k // 8))  # >= 8 values (16 bytes) per thread when K allows
-    one_pass = k % threads == 0 and k // threads <= MAX_VALUES_PER_THREAD
-    block_k = k if one_pass else next(b for b in (8192, 4096, 2048, 1024, 512, 256, 128, 64, 32) if k % b == 0)
-
-    @T.macro
-    def quantize(XQ, x, amax, bx, ko):
-        for i, j in T.Parallel(1, block_k):
-            scale = T.if_then_else(amax[i] > 0, amax[i], T.float32(1.0))
-            q = T.clamp(tirx.nearbyint(x[i, j] / scale), T.float32(-127.0), T.float32(127.0))
-            XQ[bx, ko * block_k + j] = T.Cast("int8", q)
 
     @T.prim_func
     def main(X: T.Tensor((m, k), in_dtype), XQ: T.Tensor((m, k), "int8"), A: T.Tensor((m,), "float32")):
         with T.Kernel(m, threads=threads) as bx:
-            x = T.alloc_fragment((1, block_k), "float32")
-            part = T.alloc_fragment((1,), "float32")
-            amax = T.alloc_fragment((1,), "float32")
-            T.fill(amax, 0.0)
-            for ko in T.serial(k // block_k):
-                T.copy(X[bx, ko * block_k], x)
-                T.reduce_absmax(x, part, dim=1)
-                amax[0] = T.max(amax[0], part[0])
-            amax[0] = amax[0] / T.float32(127.0)
-            if one_pass:
-                quantize(XQ, x, amax, bx, 0)
-            else:
-                for ko in T.serial(k // block_k):
-                    T.copy(X[bx, ko * block_k], x)
-                    quantize(XQ, x, amax, bx, ko)
-            A[bx] = amax[0]
+            tx = T.get_thread_binding(0)
+            xv = T.alloc_local((vectors * vw,), in_dtype)
+            qv = T.alloc_local((vw,), "int8")
+            part = T.alloc_shared((warps,), "float32")
+            amax = T.alloc_var("float32")
+            amax = T.float32(0)
+            for i in T.unroll(vectors):
+                if tx + i * threads < vecs:
+                    for j in T.vectorized(vw):
+                        xv[i * vw + j] = X[bx, (tx + i * threads) * vw + j]
+                    for j in T.unroll(vw):
+                        amax = T.max(amax, magnitude(xv[i * vw + j]))
+            amax = T.warp_reduce_max(amax)
+            if tx % 32 == 0:
+                part[tx // 32] = amax
+            T.sync_threads()
+            amax = part[0]
+            for w in T.unroll(1, warps):
+                amax = T.max(amax, part[w])
+            a = amax / T.float32(127.0)
+            scale = T.if_then_else(a > 0, a, T.float32(1.0))
+            for i in T.unroll(vectors):
+                if tx + i * threads < vecs:
+                    for j in T.unroll(vw):
+                        q = T.clamp(tirx.nearbyint(T.Cast("float32", xv[i * vw + j]) / scale),
+                                    T.float32(-127.0), T.float32(127.0))
+                        qv[j] = T.Cast("int8", q)
+                    for j in T.vectorized(vw):
+                        XQ[bx, (tx + i * threads) * vw + j] = qv[j]
+            if tx == 0:
+                A[bx] = a
 
     return main

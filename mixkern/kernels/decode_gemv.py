@@ -40,6 +40,7 @@ import tilelang.language as T
 from tvm import tirx
 
 from ..schedules import GemvSchedule
+from .act_quant import magnitude
 from .mixed_gemm import DTYPES, _scaled
 
 LOW_NIBBLES = 0x0F0F0F0F
@@ -156,7 +157,7 @@ def decode_gemv(k: int, group_size: int, schedule: GemvSchedule, out_dtype: str 
                         for v in T.vectorized(8):
                             xh[v] = X[token, kc + j * 8 + v]
                         for v in T.unroll(8):
-                            amax = T.max(amax, T.abs(T.Cast("float32", xh[v])))
+                            amax = T.max(amax, magnitude(xh[v]))
             amax = T.warp_reduce_max(amax)
             if tx % 32 == 0:
                 amax_part[t, tx // 32] = amax

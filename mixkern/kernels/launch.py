@@ -51,6 +51,12 @@ def arch_of(device: torch.device) -> str:
     raise NotImplementedError(f"mixkern has kernels for sm_80..sm_89 and sm_90 GPUs, not compute capability {major}.{minor}")
 
 
+@lru_cache(maxsize=None)
+def sm_count(device: torch.device) -> int:
+    """Streaming multiprocessors of this GPU: the schedule heuristic sizes grids by them."""
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
 def target(arch: str):
     """'sm_90a' -> that arch's cubin; 'sm_80+sm_90' -> sm_80 code in a fatbin that also runs on sm_90."""
     base, *more = arch.split("+")
@@ -190,8 +196,8 @@ def gemm_cuda(x: torch.Tensor, pw: PackedWeight, schedule: AnySchedule | None = 
             "or run this op on CPU")
     arch = arch or arch_of(x.device)
     m, k = x.shape
-    if schedule is None:
-        schedule = pick(arch, m, pw.shape[0], k, pw.group_size)  # checked (and cached) by pick
+    if schedule is None:  # checked (and cached) by pick
+        schedule = pick(arch, m, pw.shape[0], k, pw.group_size, pw.idx8.numel(), sm_count(x.device))
     else:
         schedule.check(k, pw.group_size)
     y = torch.empty(m, pw.shape[0], dtype=x.dtype, device=x.device)

@@ -4,7 +4,9 @@ For row m of x (computed in float32 from fp16/bf16 input, which is exact):
     amax[m] = max_k |x[m, k]|
     a[m]    = amax[m] / 127                      (fp32, IEEE round-to-nearest division)
     xq[m,k] = clamp(rint(x[m, k] / a[m]), -127, 127)   (fp32 division, round half to even)
-A row of zeros gets a[m] = 0 and xq = 0.
+A row of zeros gets a[m] = 0 and xq = 0.  A row holding NaN or Inf (accepted only with
+``check=False``, as the GPU op does) gets a[m] = +inf, so every output of that token is
+non-finite and no other token is touched; its xq is unspecified.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ def quantize_activation(x: torch.Tensor, *, check: bool = True) -> tuple[torch.T
         check_tensor(x, "x", ACTIVATION_DTYPES + (torch.float32,), ndim=2)
         check_finite(x, "x")
     xf = x.to(torch.float32)
-    amax = xf.abs().amax(dim=1)
+    amax = torch.nan_to_num(xf.abs().amax(dim=1), nan=float("inf"))  # a NaN counts as +inf, as in the kernels
     a = amax / torch.full_like(amax, INT8_MAX)  # tensor / tensor: a true division (CUDA turns / scalar into * 1/scalar)
     safe = torch.where(a > 0, a, torch.ones_like(a))
     xq = torch.round(xf / safe[:, None]).clamp_(-INT8_MAX, INT8_MAX).to(torch.int8)

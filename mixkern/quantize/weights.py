@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from .._checks import WEIGHT_DTYPES, check_finite, check_tensor
-from ..format import GROUP_SIZES, LEVEL1_MAX, PackedWeight, WeightFormat
+from ..format import LEVEL1_MAX, PackedWeight, WeightFormat, check_in_features
 from ..packing import pack_int4
 
 CLIP_RATIOS = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7)
@@ -128,11 +128,8 @@ def quantize_weight(
     """
     check_tensor(w, "w", WEIGHT_DTYPES, ndim=2)
     fmt = WeightFormat.parse(format)
-    if group_size not in GROUP_SIZES:
-        raise ValueError(f"group_size must be one of {GROUP_SIZES}, got {group_size}")
     n, k = w.shape
-    if k % group_size:
-        raise ValueError(f"in_features K={k} is not a multiple of group_size={group_size}")
+    check_in_features(k, group_size)
     check_finite(w, "w")
     idx8 = eight_bit_index(eight_bit_features, n).to(w.device)
     is8 = torch.zeros(n, dtype=torch.bool, device=w.device)

@@ -4,10 +4,10 @@ A :class:`Schedule` is a small value (block sizes, pipeline stages, threads, spl
 The tensor-core kernel computes ``Y = X W^T`` with the tokens as the MMA's M dimension:
 ``block_m`` tiles tokens, ``block_n`` output features (int4 is decoded into a shared int8
 tile, so both operands come from shared memory).  ``pick(arch, m, n, k)`` maps a shape to its M
-bucket and returns the table's schedule for it, or the default for the bucket.  Decode
-buckets (M <= 16) default to a :class:`GemvSchedule` (the dp4a kernel, 4- and 8-bit rows in
-one launch); the table may pick a tensor-core tile there too (16-token tiles win at M = 16
-on large layers).
+bucket and returns the tuned table's schedule for it, or what :mod:`.heuristic` derives from
+the shape and the GPU.  Decode (M <= 16) mostly runs a :class:`GemvSchedule` (the dp4a
+kernel, 4- and 8-bit rows in one launch); 16-token tensor-core tiles win at M = 16 on
+large layers.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ TABLE_VERSION = 1
 
 M_BUCKETS = (1, 4, 16, 64, 256, 1024, 1 << 30)  # a GEMM with M tokens uses the first bucket >= M
 SHARED_BYTES = {"sm_90a": 227 * 1024, "sm_80": 163 * 1024, "sm_86": 99 * 1024, "sm_89": 99 * 1024}
+SMS = {"sm_90a": 132, "sm_80": 108, "sm_86": 84, "sm_89": 128}  # SM count planned for when no GPU is asked (H100 SXM, A100, ...)
 
 
 @dataclass(frozen=True, order=True)
@@ -110,15 +111,6 @@ class GemvSchedule:
 
 HELD_STEPS = 8  # token-steps of x words (fused), row-steps of weight words (streamed): 8 words each, <= 64 registers
 
-DEFAULTS = {  # per M bucket, for shapes the table lacks: the most frequent winners of the H100 tuning
-    1: GemvSchedule(rows=2, warps=4, tokens=1),
-    4: GemvSchedule(rows=8, warps=4, tokens=4),
-    16: GemvSchedule(rows=4, warps=2, tokens=16),
-    64: Schedule(block_m=64, block_n=64, block_k=128, stages=4, threads=128, split_k=1),
-    256: Schedule(block_m=128, block_n=128, block_k=128, stages=4, threads=128, split_k=1),
-    1024: Schedule(block_m=256, block_n=128, block_k=128, stages=3, threads=256, split_k=1),
-    1 << 30: Schedule(block_m=256, block_n=128, block_k=128, stages=3, threads=256, split_k=1),
-}
 AnySchedule = Schedule | GemvSchedule
 
 
@@ -137,8 +129,10 @@ def table_path(arch: str) -> str:
 
 
 @lru_cache(maxsize=None)
-def load_table(arch: str) -> dict:
-    """Shipped table for an arch ('sm_90a', 'sm_80'): {'<bucket>:<n>x<k>': schedule}; empty if none."""
+def load_table(arch: str, timed_only: bool = False) -> dict:
+    """Shipped table for an arch ('sm_90a', 'sm_80'): {'<bucket>:<n>x<k>': schedule}; empty if
+    none, or if ``timed_only`` and the table was only verified, not timed, on that GPU (its
+    entries are then no better informed than the heuristic)."""
     path = table_path(arch)
     if not os.path.exists(path):
         return {}
@@ -146,6 +140,8 @@ def load_table(arch: str) -> dict:
         raw = json.load(f)
     if raw.get("version") != TABLE_VERSION:
         raise ValueError(f"{path}: schedule table version {raw.get('version')!r}, this mixkern reads {TABLE_VERSION}")
+    if timed_only and not raw.get("timed"):
+        return {}
     return {key: schedule_from_dict(value) for key, value in raw.get("schedules", {}).items()}
 
 
@@ -154,19 +150,25 @@ def table_key(m: int, n: int, k: int) -> str:
 
 
 @lru_cache(maxsize=4096)
-def pick(arch: str, m: int, n: int, k: int, group_size: int = 128) -> AnySchedule:
-    """The schedule for an (M, N, K) layer on ``arch`` (N = all output features): table entry, else
-    the bucket default.  A tensor-core schedule serves both the 4-bit and the 8-bit launch."""
-    b = bucket(m)
-    schedule = load_table(arch).get(table_key(m, n, k), DEFAULTS[b])
+def pick(arch: str, m: int, n: int, k: int, group_size: int = 128, n8: int = 0, sms: int | None = None) -> AnySchedule:
+    """The schedule for an (M, N, K) layer on ``arch`` (N = all output features, ``n8`` of them
+    8-bit, ``sms`` the GPU's SM count): the tuned table's entry, else the shape-aware
+    heuristic of :mod:`.heuristic`; made runnable for this K by :func:`fit`."""
+    from .heuristic import choose
+    tuned = load_table(arch, timed_only=True).get(table_key(m, n, k))
+    return fit(tuned or choose(arch, m, n, k, group_size, n8, sms), k, group_size)
+
+
+def fit(schedule: AnySchedule, k: int, group_size: int) -> AnySchedule:
+    """``schedule`` adjusted to run a K-long reduction: a fused / streamed decode schedule whose
+    held words would not fit falls back to the plain kernel; a tensor-core schedule halves
+    split-K, then block_k (to 64, for K an odd multiple of 64), until they divide K.
+    Raises ValueError if nothing runs (K not a multiple of 32, say)."""
     if isinstance(schedule, GemvSchedule) and not schedule.fits_registers(k):
-        schedule = GemvSchedule(schedule.rows, schedule.warps, schedule.tokens)  # K too long to hold: plain
+        schedule = GemvSchedule(schedule.rows, schedule.warps, schedule.tokens)
     if isinstance(schedule, Schedule):
-        while schedule.split_k > 1 and k % (schedule.block_k * schedule.split_k):
-            schedule = Schedule(**{**asdict(schedule), "split_k": schedule.split_k // 2})
+        while k % (schedule.block_k * schedule.split_k) and (schedule.split_k > 1 or schedule.block_k > 64):
+            smaller = {"split_k": schedule.split_k // 2} if schedule.split_k > 1 else {"block_k": schedule.block_k // 2}
+            schedule = Schedule(**{**asdict(schedule), **smaller})
     schedule.check(k, group_size)
     return schedule
-
-
-def all_default_schedules() -> list[AnySchedule]:
-    return sorted(set(DEFAULTS.values()), key=lambda s: s.key)

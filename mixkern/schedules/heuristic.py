@@ -1,0 +1,145 @@
+"""A schedule for any shape the tuned table lacks, from M, N, K, the precision mix and the GPU.
+
+The rules restate what the H100 tuning of eight Llama-3 shapes found (the tables'
+``evidence``; docs/kernels.md), in terms that carry over to other shapes -- how many
+blocks a grid has against the GPU's SM count, and how long one block's K loop is:
+
+* **M = 1**: the dp4a GEMV with the activation quantization fused in, one K step per
+  block (``warps = K / 1024`` rounded up to a power of two), 8 rows per block while that still gives half a block per SM,
+  4 row groups streamed per block once there are 1.5 waves of them.  K > 8192: the plain
+  GEMV (a fused block re-quantizes all of x, and at long K that costs more than a launch).
+* **M <= 4**: the GEMV with 4 tokens per block, 8 rows, and as many warps as keep ~8 warps
+  per SM busy (at least 2 at long K, where one warp's loop over K gets long).
+* **M <= 16**: the GEMV with 8 tokens per block (16 at long K) for N < 8192; from N = 8192
+  the 16-token tensor-core tile, split over K (K >= 16384) until two blocks per SM.
+* **M <= 64**: 64 x 64 tensor-core tiles (32 x 64 when there is not half a block per SM),
+  K split in 4 from K = 8192 (the one-warpgroup pipeline is latency-bound: more, shorter
+  blocks win).
+* **M <= 256**: 128 x 128 tiles with two consumer warpgroups when the grid has half a block
+  per SM, else 64 x 128.
+* **M > 256**: 256 x 128 tiles when they fill ~0.9 waves, else 128 x 128, else 64 x 128.
+* Grids under a block per SM (two for one-warpgroup tiles) at K >= 4096 split K, at most
+  8 ways and never below 2048 per slice.
+
+The precision mix counts because a mixed layer launches ``ceil(n4 / bn) + ceil(n8 / bn)``
+tensor-core blocks; shared memory is fitted later (:meth:`Schedule.fitted`).  The result is
+a starting point: ``python -m mixkern.autotune --model CONFIG`` tunes a model's own shapes,
+and ``python -m mixkern.bench --heuristic TABLE`` measures how far this guess lands from
+a tuned table.
+"""
+
+from __future__ import annotations
+
+from . import GemvSchedule, Schedule, SMS, AnySchedule
+
+MIN_K_PER_SPLIT = 2048
+FUSED_MAX_K = 8192  # longer rows: the plain GEMV (see the module docstring)
+TENSOR_CORE_MIN_N = 8192  # M <= 16: from here the 16-token tensor-core tile beats the GEMV
+
+
+def sm_count(arch: str, sms: int | None = None) -> int:
+    """The SM count to plan for: the live GPU's when known, else the arch's flagship part."""
+    return sms or SMS.get(arch.split("+")[0], 108)
+
+
+def choose(arch: str, m: int, n: int, k: int, group_size: int = 128, n8: int = 0,
+           sms: int | None = None) -> AnySchedule:
+    """The schedule for an (M, N, K) layer with ``n8`` of its N features 8-bit on ``arch``."""
+    sms = sm_count(arch, sms)
+    if m == 1:
+        return _one_token(n, k, sms)
+    if m <= 4:
+        return _few_tokens(n, k, sms)
+    if m <= 16 and n < TENSOR_CORE_MIN_N:
+        long_k = k > FUSED_MAX_K
+        return GemvSchedule(rows=4, warps=2 if long_k else 4, tokens=16 if long_k else 8)
+    return _tensor_core(m, n, k, group_size, n8, sms)
+
+
+def _one_token(n: int, k: int, sms: int) -> GemvSchedule:
+    if k > FUSED_MAX_K:
+        return GemvSchedule(rows=4, warps=2, tokens=1)
+    rows = next((r for r in (8, 4, 2) if _ceil(n, r) >= sms // 2), 1)
+    chunk = 4 if _ceil(n, rows) >= 6 * sms else 1  # 4 row groups a block, still 1.5 blocks per SM
+    warps = min(8, _pow2_ceil(_ceil(k, 1024)))  # one step covers K (powers of two: fewer distinct kernels)
+    return GemvSchedule(rows=rows, warps=warps, tokens=1, chunk=chunk, fused=True)
+
+
+def _few_tokens(n: int, k: int, sms: int) -> GemvSchedule:
+    blocks = _ceil(n, 8)
+    warps = _pow2_floor(max(1, 8 * sms // blocks))  # ~8 warps per SM
+    warps = min(4, max(warps, 2 if k > FUSED_MAX_K else 1))
+    return GemvSchedule(rows=8, warps=warps, tokens=4)
+
+
+def _tensor_core(m: int, n: int, k: int, group_size: int, n8: int, sms: int) -> Schedule:
+    def blocks(s: Schedule) -> int:
+        return _ceil(m, s.block_m) * (_ceil(n - n8, s.block_n) + _ceil(n8, s.block_n))
+
+    if m <= 16:
+        tile = Schedule(16, 64, 128, 4 if n * k <= 1 << 26 else 3, 128)
+        split = _split(k, group_size, blocks(tile), sms, 4 * 4096, tile.threads)
+    elif m <= 64:
+        split = 4 if k >= 8192 and _splittable(k, group_size, 4) else 1
+        tile = Schedule(64, 64, 128, 3, 128)
+        if m <= 32 or blocks(tile) * split < sms // 2:
+            tile = Schedule(32, 64, 128, 3, 128)
+        return Schedule(tile.block_m, tile.block_n, tile.block_k, tile.stages, tile.threads, split)
+    elif m <= 256:
+        tile = Schedule(128, 128, 128, 3, 256)
+        if blocks(tile) < sms // 2:
+            tile = Schedule(64, 128, 128, 2, 256)
+        split = _split(k, group_size, blocks(tile), sms, 4096, tile.threads)
+    else:
+        tiles = (Schedule(256, 128, 128, 3, 256), Schedule(128, 128, 128, 3, 256), Schedule(64, 128, 128, 2, 256))
+        need = (0.9 * sms, 0.45 * sms, 0)
+        tile = next(t for t, want in zip(tiles, need) if blocks(t) >= want)
+        split = _split(k, group_size, blocks(tile), sms, 4096, tile.threads)
+    return Schedule(tile.block_m, tile.block_n, tile.block_k, tile.stages, tile.threads, split)
+
+
+def _split(k: int, group_size: int, blocks: int, sms: int, long_k: int, threads: int) -> int:
+    """K slices at long K until the grid has a block per SM for two-warpgroup tiles, two for
+    one-warpgroup tiles (a second resident block hides the other's latency)."""
+    target = sms * (2 if threads == 128 else 1)
+    split = 1
+    while k >= long_k and split < 8 and blocks * split < target and _splittable(k, group_size, split * 2):
+        split *= 2
+    return split
+
+
+def _splittable(k: int, group_size: int, split: int) -> bool:
+    return k % (128 * split) == 0 and k // split >= MIN_K_PER_SPLIT
+
+
+def _ceil(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _pow2_ceil(v: int) -> int:
+    return 1 << (v - 1).bit_length()
+
+
+def _pow2_floor(v: int) -> int:
+    return 1 << (v.bit_length() - 1)
+
+
+def distinct_token_counts(max_tokens: int) -> list[int]:
+    """Token counts that reach every distinct choice of :func:`choose` (and of the tables,
+    which are constant per M bucket) for M in 1..max_tokens.  M enters the rules only through
+    the bucket bounds (all <= 256 but the last) and ``ceil(M / block_m)`` with block_m a
+    power of two <= 256, which changes only just past a multiple of 64 beyond M = 256."""
+    small = range(1, min(max_tokens, 256) + 1)
+    large = (v for j in range(4, max_tokens // 64 + 1) for v in (64 * j, 64 * j + 1))
+    return sorted({*small, *(v for v in large if v <= max_tokens)})
+
+
+def every_schedule() -> list[AnySchedule]:
+    """Every schedule :func:`choose` can return (for compile tests: all of them must build)."""
+    out = set()
+    for m in (1, 2, 8, 16, 17, 33, 65, 257):
+        for n in (1, 64, 512, 4096, 8192, 65536):
+            for k in (128, 4096, 8192, 16384, 65536):
+                for sms in (1, 132):
+                    out.add(choose("sm_90a", m, n, k, 128, 0, sms))
+    return sorted(out, key=lambda s: s.key)

@@ -1,0 +1,141 @@
+"""Compile, ahead of use and in parallel, every kernel a quantized model will launch.
+
+Kernels are compiled per (kind, K, group size, schedule, dtype, precision mix, arch): M and
+N are dynamic, but the schedule chosen for a layer depends on M.  :func:`kernel_jobs`
+walks every token count up to ``max_tokens`` through the same choice the op makes
+(:func:`mixkern.schedules.pick`), so the set is exact, not a sample.
+
+The compiled kernels live in TileLang's disk cache (``TILELANG_CACHE_DIR``, default
+``~/.tilelang/cache``), keyed by the generated code, the target and the TileLang version,
+and written with atomic renames, so concurrent processes share it safely.  Beside it,
+mixkern keeps one empty marker file per job it has compiled (keyed by the job, the
+TileLang version and a hash of mixkern's kernel sources), so a warm :func:`warmup` only
+checks file names and starts no compiler processes; kernels then load from the disk
+cache at first use (~0.05 s each).  A stale marker costs a compile at first use, never a
+wrong kernel: the cache itself is keyed by the code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from functools import lru_cache
+
+import torch
+from torch import nn
+
+from ._progress import progress
+
+DTYPE_NAMES = {torch.float16: "float16", torch.bfloat16: "bfloat16"}
+
+
+@dataclass(frozen=True)
+class WarmupReport:
+    kernels: int  # distinct kernels the model launches up to max_tokens
+    compiled: int  # of those, built now (the rest were cached)
+    seconds: float
+    arch: str
+
+
+def layer_shapes(model: nn.Module) -> list[tuple[int, int, int, int]]:
+    """Distinct (N, K, group size, 8-bit rows) of the model's MixLinear layers."""
+    from .linear import MixLinear
+    return sorted({(m.out_features, m.in_features, m.group_size, m.idx8.numel())
+                   for m in model.modules() if isinstance(m, MixLinear)})
+
+
+def kernel_jobs(arch: str, shapes, dtypes=("float16",), max_tokens: int = 8192, sms: int | None = None) -> list[tuple]:
+    """The ``compiled`` argument tuples of every kernel these layer shapes launch for any
+    M from 1 to ``max_tokens``."""
+    from .kernels.launch import kernel_jobs as jobs_of
+    from .schedules import pick
+    from .schedules.heuristic import distinct_token_counts
+    choose = pick.__wrapped__  # uncached: hundreds of M values would flush pick's cache
+    ms = distinct_token_counts(max_tokens)
+    jobs = {}
+    for n, k, group_size, n8 in shapes:
+        has4, has8 = n8 < n, n8 > 0
+        for schedule in {choose(arch, m, n, k, group_size, n8, sms) for m in ms}:
+            for dtype in dtypes:
+                jobs.update(dict.fromkeys(jobs_of(arch, k, group_size, schedule, dtype, has4, has8)))
+    return sorted(jobs, key=str)
+
+
+def _marker_dir() -> str:
+    import tilelang
+    root = os.environ.get("TILELANG_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".tilelang", "cache")
+    return os.path.join(root, "mixkern", f"tilelang-{tilelang.__version__}-{_source_hash()}")
+
+
+@lru_cache(maxsize=None)
+def _source_hash() -> str:
+    """Hash of the kernel sources: a change to them invalidates every marker."""
+    here = os.path.join(os.path.dirname(__file__), "kernels")
+    h = hashlib.sha256()
+    for name in sorted(os.listdir(here)):
+        if name.endswith(".py"):
+            with open(os.path.join(here, name), "rb") as f:
+                h.update(name.encode() + f.read())
+    return h.hexdigest()[:16]
+
+
+def _marker(job: tuple) -> str:
+    return os.path.join(_marker_dir(), hashlib.sha256(repr(job).encode()).hexdigest()[:32])
+
+
+def compile_job(job: tuple) -> tuple:
+    """Compile one kernel into the disk cache and leave its marker (runs in a worker process)."""
+    from .kernels.launch import compiled
+    compiled(*job)
+    path = _marker(job)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    open(path, "a").close()
+    return job
+
+
+def compile_jobs(jobs, workers: int | None = None, desc: str = "compile kernels") -> int:
+    """Build every job not already marked, in parallel processes; returns how many were built."""
+    todo = [j for j in jobs if not os.path.exists(_marker(j))]
+    if not todo:
+        return 0
+    import multiprocessing
+    workers = max(1, min(workers or os.cpu_count() or 1, len(todo)))
+    # spawn: a forked child would inherit a CUDA context the parent may hold
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        for fut in progress(as_completed([pool.submit(compile_job, j) for j in todo]), desc, total=len(todo)):
+            fut.result()
+    return len(todo)
+
+
+def warmup(model: nn.Module, dtypes=None, max_tokens: int = 8192, arch: str | None = None,
+           workers: int | None = None) -> WarmupReport:
+    """Compile every kernel ``model``'s MixLinear layers will launch for 1..``max_tokens``
+    tokens, in ``dtypes`` (default: the dtype of the model's floating-point parameters, or
+    fp16), for ``arch`` (default: the GPU the model is on; give one, e.g. 'sm_90a', to
+    build on a machine without a GPU)."""
+    from .kernels.launch import arch_of, sm_count
+    shapes = layer_shapes(model)
+    if not shapes:
+        raise ValueError("the model has no MixLinear layers: quantize it first (mixkern.quantize_model)")
+    device = next((b.device for b in model.buffers() if b.device.type == "cuda"), None)
+    if arch is None:
+        if device is None:
+            raise ValueError("the model is not on a CUDA GPU: move it there, or name the target with arch='sm_90a'")
+        arch = arch_of(device)
+    dtypes = tuple(DTYPE_NAMES[d] if isinstance(d, torch.dtype) else d for d in (dtypes or (_model_dtype(model),)))
+    t0 = time.perf_counter()
+    jobs = kernel_jobs(arch, shapes, dtypes, max_tokens, sm_count(device) if device is not None else None)
+    built = compile_jobs(jobs, workers, f"compile {arch}")
+    report = WarmupReport(len(jobs), built, time.perf_counter() - t0, arch)
+    print(f"mixkern.warmup: {report.kernels} kernels for {len(shapes)} layer shapes ({built} compiled now) "
+          f"in {report.seconds:.1f}s", file=sys.stderr)
+    return report
+
+
+def _model_dtype(model: nn.Module) -> torch.dtype:
+    dtypes = {p.dtype for p in model.parameters() if p.dtype in DTYPE_NAMES}
+    return dtypes.pop() if len(dtypes) == 1 else torch.float16

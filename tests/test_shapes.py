@@ -1,0 +1,98 @@
+"""Model-config shapes and the shape-aware schedule choice, on CPU: every shape of every
+listed model gets a runnable schedule for every M; what cannot run is refused up front."""
+
+import json
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+import mixkern
+from mixkern.format import MAX_IN_FEATURES
+from mixkern.schedules import GemvSchedule, Schedule, pick
+from mixkern.schedules.heuristic import choose, distinct_token_counts
+from mixkern.shapes import CONFIGS, DecoderConfig, layer_shapes, shardings
+
+ARCHS = ("sm_90a", "sm_80")
+
+
+def test_layer_shapes_of_known_models():
+    s = layer_shapes(CONFIGS["llama3-8b"])
+    assert s == {"q": (4096, 4096), "kv": (1024, 4096), "qkv": (6144, 4096), "o": (4096, 4096),
+                 "gate_up": (28672, 4096), "up": (14336, 4096), "down": (4096, 14336)}
+    assert layer_shapes(CONFIGS["llama3-70b"], tp=8)["down"] == (8192, 3584)  # row-parallel: K split
+    assert layer_shapes(CONFIGS["llama3-70b"], tp=8)["qkv"] == (1280, 8192)  # 8 q heads + 1 k + 1 v head
+    assert layer_shapes(CONFIGS["qwen2.5-1.5b"])["down"] == (1536, 8960)
+    assert layer_shapes(CONFIGS["gemma2-9b"])["o"] == (3584, 4096)  # heads x head_dim != hidden
+    assert layer_shapes(CONFIGS["qwen2.5-1.5b"], tp=4)["kv"] == (128, 1536)  # 2 kv heads over 4 ranks: replicated
+
+
+def test_hf_config_json(tmp_path):
+    cfg = {"hidden_size": 1536, "intermediate_size": 8960, "num_attention_heads": 12, "num_key_value_heads": 2}
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    assert DecoderConfig.from_hf(str(tmp_path)) == CONFIGS["qwen2.5-1.5b"]
+    (tmp_path / "bad.json").write_text(json.dumps({"hidden_size": 8}))
+    with pytest.raises(ValueError, match="intermediate_size"):
+        DecoderConfig.from_hf(str(tmp_path / "bad.json"))
+
+
+def test_unshardable_configs_are_refused_with_the_reason():
+    refused = {(s.model, s.tp): s.reason for s in shardings() if s.group_size is None}
+    assert "does not divide" in refused[("qwen2.5-7b", 8)]  # 28 heads over 8 ranks
+    assert "no multiple" in refused[("llama2-7b", 8)]  # 11008 / 8 = 1376 = 21.5 x 64
+    with pytest.raises(ValueError, match="does not divide"):
+        layer_shapes(CONFIGS["qwen2.5-7b"], tp=8)
+    with pytest.raises(ValueError, match="multiple of group_size=64"):
+        mixkern.quantize_weight(torch.randn(4, 1376), None, 64)
+    grouped = {(s.model, s.tp): s.group_size for s in shardings()}
+    assert grouped[("llama2-7b", 4)] == 64 and grouped[("llama3-8b", 8)] == 128
+
+
+def test_the_k_limit_is_refused_when_quantizing():
+    with pytest.raises(ValueError, match=f"limit of {MAX_IN_FEATURES}"):
+        mixkern.quantize_weight(torch.randn(2, MAX_IN_FEATURES + 128))
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_every_model_shape_gets_a_runnable_schedule_at_every_m(arch):
+    for s in shardings():
+        for n, k in s.shapes if s.group_size else ():
+            for n8 in (0, n // 10, n):
+                for m in distinct_token_counts(4096):
+                    sched = pick(arch, m, n, k, s.group_size, n8)
+                    sched.check(k, s.group_size)  # raises if it cannot run this K
+
+
+@given(m=st.integers(1, 1 << 16), n=st.integers(1, 1 << 16), k=st.integers(1, MAX_IN_FEATURES // 64).map(lambda v: 64 * v),
+       fraction=st.floats(0, 1), arch=st.sampled_from(ARCHS), sms=st.sampled_from([None, 1, 16, 108, 132, 170]))
+def test_heuristic_schedules_run_any_shape_and_fill_small_grids(m, n, k, fraction, arch, sms):
+    group_size = 128 if k % 128 == 0 else 64
+    n8 = round(fraction * n)
+    s = pick(arch, m, n, k, group_size, n8, sms)
+    s.check(k, group_size)
+    raw = choose(arch, m, n, k, group_size, n8, sms)
+    if isinstance(raw, GemvSchedule):
+        assert m <= 16
+    else:
+        assert m > 16 or n >= 8192
+        blocks = -(-m // raw.block_m) * (-(-(n - n8) // raw.block_n) + -(-n8 // raw.block_n))
+        small_grid = blocks * 2 < (sms or 132) and k >= 16384 and k % 1024 == 0 and m > 64
+        assert not small_grid or raw.split_k > 1  # a grid under half a block per SM at long K splits K
+
+
+@given(n=st.integers(1, 30000), k=st.integers(1, 512).map(lambda v: 128 * v), fraction=st.floats(0, 1))
+def test_warmup_token_counts_reach_every_choice(n, k, fraction):
+    n8 = round(fraction * n)
+    every = {pick.__wrapped__("sm_90a", m, n, k, 128, n8, None) for m in range(1, 2049)}
+    sampled = {pick.__wrapped__("sm_90a", m, n, k, 128, n8, None) for m in distinct_token_counts(2048)}
+    assert every == sampled
+
+
+def test_tensor_core_tiles_only_beyond_decode_or_for_wide_layers():
+    assert isinstance(choose("sm_90a", 1, 4096, 4096), GemvSchedule)
+    assert choose("sm_90a", 1, 4096, 4096).fused and not choose("sm_90a", 1, 4096, 14336).fused  # long K: plain
+    assert isinstance(choose("sm_90a", 16, 28672, 8192), Schedule)  # M = 16 on a wide layer: 16-token tiles
+    assert choose("sm_90a", 16, 8192, 28672).split_k > 1  # ... split over a long K to fill the SMs
+    assert choose("sm_90a", 4096, 512, 4096).block_m < 256  # small N: smaller tiles fill the GPU
+    assert choose("sm_90a", 4096, 8192, 8192).block_m == 256
