@@ -5,7 +5,9 @@ docs/quantize.md for what was checked), so the accuracy experiments use this one
 a Llama-style decoder (RMSNorm, causal attention, SwiGLU MLP, every projection an
 ``nn.Linear`` without bias) over byte tokens, trained deterministically on the King
 James Bible (:mod:`mixkern.corpus`) by ``python -m mixkern.lm --out DIR``.  A checkpoint
-is a directory with ``config.json`` and ``model.safetensors``.
+is a directory with ``config.json`` and ``model.safetensors``.  ``--preset`` picks the size:
+``cpu-small`` (minutes on a 2-core CPU, the default without a GPU) or ``h100`` (the model of
+docs/quantize.md, the default with one).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import corpus
+from ._cli import check_output_dir, error, positive
 from ._progress import progress
 from .safetensors_io import read_safetensors, write_safetensors
 
@@ -113,6 +116,28 @@ def load_model(directory: str) -> TinyLM:
     return model.eval()
 
 
+@dataclass(frozen=True)
+class Preset:
+    """A model size and training length for one kind of machine (``--preset``)."""
+    config: LMConfig
+    steps: int
+    batch: int
+    lr: float
+    about: str
+
+
+PRESETS = {
+    # Runs the whole pipeline in minutes on 2 CPU cores (0.64 s a step); 1.2 M training bytes only reach
+    # bigram-level text (held-out perplexity ~9 per byte).  K = 256 keeps the all-4-bit cost (4.34
+    # bits/weight) under the README's --bits 4.4; narrower layers would not fit that budget.
+    "cpu-small": Preset(LMConfig(d_model=256, n_layers=4, n_heads=4, d_ff=768), steps=300, batch=16, lr=1e-3,
+                        about="d 256, 4 layers, 300 steps of 16 sequences: about 3 min on 2 CPU cores"),
+    # The model of docs/quantize.md (held-out perplexity ~2.4 per byte); 29 s a step on 2 CPU cores.
+    "h100": Preset(LMConfig(), steps=3000, batch=64, lr=1e-3,
+                   about="d 512, 8 layers, 3000 steps of 64 sequences: about 1.5 min on an H100"),
+}
+
+
 def train(config: LMConfig, steps: int, batch: int = 64, lr: float = 1e-3, seed: int = 0,
           device: str = "cpu") -> tuple[TinyLM, list[float]]:
     """AdamW with warm-up and cosine decay on random windows of the train split; deterministic per seed."""
@@ -126,7 +151,8 @@ def train(config: LMConfig, steps: int, batch: int = 64, lr: float = 1e-3, seed:
         opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
     losses = []
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else torch.autocast("cpu", enabled=False)
-    for _ in progress(range(steps), "train"):
+    bar = progress(range(steps), "train")
+    for _ in bar:
         start = torch.randint(0, toks.numel() - config.seq_len - 1, (batch,), generator=gen)
         seqs = toks.long()[start[:, None] + torch.arange(config.seq_len + 1)].to(device)
         with autocast:
@@ -137,30 +163,56 @@ def train(config: LMConfig, steps: int, batch: int = 64, lr: float = 1e-3, seed:
         opt.step()
         sched.step()
         losses.append(loss.item())
+        bar.set_postfix_str(f"loss {losses[-1]:.3f}", refresh=False)
     return model.eval(), losses
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m mixkern.lm", description="Train the byte-level TinyLM on the KJV corpus.")
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m mixkern.lm", description="Train the byte-level TinyLM on the KJV corpus.",
+        epilog="presets: " + "; ".join(f"{name}: {ps.about}" for name, ps in PRESETS.items())
+               + ". --steps/--batch/--lr/--d-model/--layers/--d-ff override the preset's values.")
     p.add_argument("--out", required=True, help="checkpoint directory to write")
-    p.add_argument("--steps", type=int, default=3000)
-    p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--d-model", type=int, default=512)
-    p.add_argument("--layers", type=int, default=8)
-    p.add_argument("--d-ff", type=int, default=1536)
+    p.add_argument("--preset", choices=list(PRESETS),
+                   help="model size and training length (default: h100 when a CUDA GPU is present, else cpu-small)")
+    p.add_argument("--steps", type=positive(int))
+    p.add_argument("--batch", type=positive(int), help="sequences of 256 bytes per step")
+    p.add_argument("--d-model", type=positive(int), help="width; one attention head per 64")
+    p.add_argument("--layers", type=positive(int))
+    p.add_argument("--d-ff", type=positive(int))
+    p.add_argument("--lr", type=positive(float), help="peak learning rate (AdamW, warm-up then cosine decay)")
     p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    config = LMConfig(d_model=args.d_model, n_layers=args.layers, n_heads=max(1, args.d_model // 64), d_ff=args.d_ff)
+    preset_name = args.preset or ("h100" if device == "cuda" else "cpu-small")
+    preset = PRESETS[preset_name]
+    base = preset.config
+    d_model = args.d_model or base.d_model
+    config = LMConfig(d_model=d_model, n_layers=args.layers or base.n_layers, d_ff=args.d_ff or base.d_ff,
+                      n_heads=base.n_heads if args.d_model is None else max(1, d_model // 64))
+    steps, batch, lr = args.steps or preset.steps, args.batch or preset.batch, args.lr or preset.lr
+    try:
+        if config.d_model % config.n_heads:
+            raise ValueError(f"--d-model {d_model} does not split evenly into {config.n_heads} attention heads (one per 64): use a multiple of 64")
+        check_output_dir(args.out, "--out")
+        corpus.kjv_path()  # the training text, before building anything
+    except (ValueError, FileNotFoundError) as e:
+        return error(e)
+    n = sum(p.numel() for p in TinyLM(config).parameters())
+    print(f"training a {n / 1e6:.1f} M-parameter TinyLM (preset {preset_name}: {preset.about}) for {steps} steps "
+          f"of {batch} x {config.seq_len} bytes on {device}", file=sys.stderr)
     t0 = time.perf_counter()
-    model, losses = train(config, args.steps, args.batch, seed=args.seed, device=device)
+    model, losses = train(config, steps, batch, lr, seed=args.seed, device=device)
     seconds = time.perf_counter() - t0
     ppl = perplexity(model, corpus.sequences(corpus.tokens("test"), config.seq_len, 64))
-    save_model(model, args.out, {"corpus": f"{corpus.PACKAGE}=={corpus.VERSION}", "steps": args.steps, "batch": args.batch,
-                                 "seed": args.seed, "train_seconds": round(seconds), "device": device,
+    save_model(model, args.out, {"corpus": f"{corpus.PACKAGE}=={corpus.VERSION}", "preset": preset_name, "steps": steps,
+                                 "batch": batch, "lr": lr, "seed": args.seed, "train_seconds": round(seconds), "device": device,
                                  "final_train_loss": sum(losses[-50:]) / len(losses[-50:])})
-    n = sum(p.numel() for p in model.parameters())
-    print(f"trained {n / 1e6:.1f} M parameters for {args.steps} steps in {seconds:.0f}s on {device}; "
+    print(f"trained {n / 1e6:.1f} M parameters for {steps} steps in {seconds:.0f}s on {device}; "
           f"held-out perplexity (64 x {config.seq_len} bytes) {ppl:.3f}; wrote {args.out}", file=sys.stderr)
     return 0
 
