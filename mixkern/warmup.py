@@ -7,23 +7,21 @@ walks every token count up to ``max_tokens`` through the same choice the op make
 
 The compiled kernels live in TileLang's disk cache (``TILELANG_CACHE_DIR``, default
 ``~/.tilelang/cache``), keyed by the generated code, the target and the TileLang version,
-and written with atomic renames, so concurrent processes share it safely.  Beside it,
-mixkern keeps one empty marker file per job it has compiled (keyed by the job, the
-TileLang version and a hash of mixkern's kernel sources), so a warm :func:`warmup` only
-checks file names and starts no compiler processes; kernels then load from the disk
-cache at first use (~0.05 s each).  A stale marker costs a compile at first use, never a
-wrong kernel: the cache itself is keyed by the code.
+and written with atomic renames, so concurrent processes share it safely.  Beside it
+mixkern keeps each kernel's IR (:mod:`mixkern.kernels.ir_cache`), written once the kernel
+has compiled, so a warm :func:`warmup` only checks file names and starts no compiler
+processes, and kernels load at first use without TileLang's Python frontend.  A stale IR
+entry costs a compile at first use, never a wrong kernel: TileLang's cache is keyed by
+the code itself.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
-from functools import lru_cache
 
 import torch
 from torch import nn
@@ -65,41 +63,17 @@ def kernel_jobs(arch: str, shapes, dtypes=("float16",), max_tokens: int = 8192, 
     return sorted(jobs, key=str)
 
 
-def _marker_dir() -> str:
-    import tilelang
-    root = os.environ.get("TILELANG_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".tilelang", "cache")
-    return os.path.join(root, "mixkern", f"tilelang-{tilelang.__version__}-{_source_hash()}")
-
-
-@lru_cache(maxsize=None)
-def _source_hash() -> str:
-    """Hash of the kernel sources: a change to them invalidates every marker."""
-    here = os.path.join(os.path.dirname(__file__), "kernels")
-    h = hashlib.sha256()
-    for name in sorted(os.listdir(here)):
-        if name.endswith(".py"):
-            with open(os.path.join(here, name), "rb") as f:
-                h.update(name.encode() + f.read())
-    return h.hexdigest()[:16]
-
-
-def _marker(job: tuple) -> str:
-    return os.path.join(_marker_dir(), hashlib.sha256(repr(job).encode()).hexdigest()[:32])
-
-
 def compile_job(job: tuple) -> tuple:
-    """Compile one kernel into the disk cache and leave its marker (runs in a worker process)."""
+    """Compile one kernel into the disk caches (runs in a worker process)."""
     from .kernels.launch import compiled
     compiled(*job)
-    path = _marker(job)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    open(path, "a").close()
     return job
 
 
 def compile_jobs(jobs, workers: int | None = None, desc: str = "compile kernels") -> int:
-    """Build every job not already marked, in parallel processes; returns how many were built."""
-    todo = [j for j in jobs if not os.path.exists(_marker(j))]
+    """Build every job not already cached, in parallel processes; returns how many were built."""
+    from .kernels import ir_cache
+    todo = [j for j in jobs if not os.path.exists(ir_cache.entry_path(j))]
     if not todo:
         return 0
     import multiprocessing

@@ -17,6 +17,7 @@ from tilelang import tvm
 
 from ..format import PackedWeight, WeightFormat
 from ..schedules import AnySchedule, GemvSchedule, Schedule, pick
+from . import ir_cache
 from .act_quant import act_quant
 from .decode_gemv import decode_gemv
 from .mixed_gemm import epilogue, mixed_gemm
@@ -78,27 +79,39 @@ def _pass_configs(kind: str, args: tuple) -> dict:
     return {}
 
 
+def build(kind: str, arch: str, *args):
+    """The TileLang PrimFunc of one kernel.  Kinds and their args: 'mma' and 'gemv' (k,
+    group_size, schedule, dtype, has4, has8), 'act' (k, dtype), 'epi' (dtype, has4)."""
+    if kind == "mma":
+        return mixed_gemm(*args, wgmma=arch.startswith("sm_90"))
+    if kind == "epi":
+        return epilogue(*args)
+    if kind == "gemv":
+        return decode_gemv(*args)
+    if kind == "act":
+        return act_quant(*args)
+    raise ValueError(f"unknown kernel kind {kind!r}")
+
+
 @lru_cache(maxsize=None)
 def compiled(kind: str, arch: str, *args):
-    """Build and compile one kernel.  Kinds and their args: 'mma' and 'gemv' (k, group_size,
-    schedule, dtype, has4, has8), 'act' (k, dtype), 'epi' (dtype, has4)."""
-    if kind == "mma":
-        func = mixed_gemm(*args, wgmma=arch.startswith("sm_90"))
-    elif kind == "epi":
-        func = epilogue(*args)
-    elif kind == "gemv":
-        func = decode_gemv(*args)
-    elif kind == "act":
-        func = act_quant(*args)
-    else:
-        raise ValueError(f"unknown kernel kind {kind!r}")
+    """One kernel, compiled (or loaded from TileLang's disk cache, its IR from mixkern's,
+    :mod:`.ir_cache`)."""
+    job = (kind, arch, *args)
+    func = ir_cache.load(job)
+    fresh = func is None
+    if fresh:
+        func = build(kind, arch, *args)
     log = logging.getLogger("tilelang")
     level = log.level
     log.setLevel(max(level, logging.WARNING))  # TileLang logs two INFO lines per kernel; keep user output clean
     try:
-        return tilelang.compile(func, target=target(arch), pass_configs=_pass_configs(kind, args))
+        kernel = tilelang.compile(func, target=target(arch), pass_configs=_pass_configs(kind, args))
     finally:
         log.setLevel(level)
+    if fresh:
+        ir_cache.store(job, func)
+    return kernel
 
 
 def kernel_jobs(arch: str, k: int, group_size: int, schedule: AnySchedule, dtype: str,
