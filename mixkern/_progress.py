@@ -8,8 +8,8 @@ point) to print one self-contained line every ``interval`` seconds and one at th
 
 from __future__ import annotations
 
+import os
 import sys
-import time
 
 from tqdm import tqdm
 
@@ -39,6 +39,17 @@ class _LogLines(tqdm):
         super().close()
 
 
+def _terminal_columns(stream) -> int:
+    """Width of the terminal ``stream`` writes to; 0 when it is no terminal or reports no width
+    (some CI pseudo-terminals: tqdm would draw an empty bar there)."""
+    if not getattr(stream, "isatty", lambda: False)():
+        return 0
+    try:
+        return os.get_terminal_size(stream.fileno()).columns
+    except (AttributeError, OSError, ValueError):
+        return 80  # a terminal-like stream without a file descriptor (tests)
+
+
 def progress(items, desc: str, total: int | None = None, *, stream=None,
              interval: float = LOG_INTERVAL, clock=None) -> tqdm:
     """Iterate ``items`` showing progress on ``stream`` (stderr): a bar on a terminal, else a
@@ -50,7 +61,7 @@ def progress(items, desc: str, total: int | None = None, *, stream=None,
     stream = sys.stderr if stream is None else stream
     if total is None and hasattr(items, "__len__"):
         total = len(items)
-    if getattr(stream, "isatty", lambda: False)():
+    if _terminal_columns(stream):
         bar = tqdm(items, desc, total=total, file=stream, dynamic_ncols=True)
     else:
         bar = _LogLines(items, desc, total=total, file=stream, mininterval=interval, miniters=1,

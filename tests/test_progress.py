@@ -1,6 +1,7 @@
 """Progress output: plain lines every few seconds away from a terminal, a redrawn bar on one."""
 
 import io
+import os
 import re
 
 from mixkern._progress import progress
@@ -68,3 +69,15 @@ def test_terminal_gets_a_redrawn_bar():
     assert list(progress(range(5), "formats", stream=out)) == list(range(5))
     text = out.getvalue()
     assert "\r" in text and "formats" in text and "5/5" in text and text.endswith("\n")
+
+
+def test_a_terminal_without_a_width_gets_lines():
+    """A fresh pseudo-terminal reports 0 columns (as some CI runners do): tqdm would draw nothing."""
+    master, slave = os.openpty()
+    with os.fdopen(slave, "w") as stream:
+        assert stream.isatty() and os.get_terminal_size(slave).columns == 0
+        list(progress(range(3), "compile", stream=stream, clock=Clock()))
+    text = os.read(master, 4096).decode()
+    os.close(master)
+    lines = text.replace("\r\n", "\n").splitlines()  # the terminal turns each \n into \r\n
+    assert [ln.split(",")[0] for ln in lines] == ["compile: 0/3 (0%)", "compile: 3/3 (100%)"]

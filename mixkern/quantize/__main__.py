@@ -3,6 +3,10 @@
 Quantizes a mixkern.lm checkpoint: salience from calibration text, 8-bit features chosen
 globally (or --method local/random) under the budget, packed weights saved with
 save_quantized.  Runs on the GPU when one is present, else on the CPU.
+
+Everything knowable from the arguments, the checkpoint's layer shapes and the installed
+packages is checked before the salience pass (the expensive part), so a budget below the
+all-4-bit cost or a missing file fails in seconds with one line naming the fix.
 """
 
 from __future__ import annotations
