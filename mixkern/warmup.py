@@ -78,8 +78,9 @@ def compile_jobs(jobs, workers: int | None = None, desc: str = "compile kernels"
         return 0
     import multiprocessing
     workers = max(1, min(workers or os.cpu_count() or 1, len(todo)))
-    # spawn: a forked child would inherit a CUDA context the parent may hold
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+    # fork: a worker only lowers and runs nvcc, never touching the CUDA context it inherits
+    # (spawn would re-import the caller's __main__, which breaks scripts without a main guard)
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
         for fut in progress(as_completed([pool.submit(compile_job, j) for j in todo]), desc, total=len(todo)):
             fut.result()
     return len(todo)
