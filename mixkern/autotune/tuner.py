@@ -165,16 +165,23 @@ def write_table(path: str, table: dict) -> None:
 
 def summary(entries: list[Entry], timed: bool) -> str:
     """Markdown table: per entry, candidates, failures, the heuristic's and the tuned time."""
-    head = "| M bucket | N x K | candidates | pruned | compile errors | wrong | heuristic | heuristic us | tuned | tuned us | tuned / heuristic |"
+    head = "| M bucket | N x K | candidates | pruned | compile errors | wrong | heuristic | heuristic us | tuned | tuned us | heuristic / tuned |"
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    ratios = []
     for e in entries:
         best = e.best()
         d = e.heuristic
         du, bu = e.times_us.get(d.key), e.times_us.get(best.key) if best else None
         fmt = (lambda t: "n/a" if t is None or t != t else f"{t:.1f}")  # noqa: E731
+        if timed and du and bu:
+            ratios.append(du / bu)
         speed = f"{du / bu:.2f}x" if timed and du and bu else "n/a"
         lines.append(f"| {e.bucket if e.bucket < 1 << 30 else '>1024'} | {e.n}x{e.k} | {len(e.candidates)} "
                      f"| {sum(e.pruned.values())} | {len(e.compile_errors)} | {len(e.wrong)} | {d.key} | {fmt(du)} "
                      f"| {best.key if best else 'n/a'} | {fmt(bu)} | {speed} |")
+    if ratios:
+        ratios.sort()
+        lines.append(f"\nheuristic / tuned over {len(ratios)} points: median {ratios[len(ratios) // 2]:.2f}x, "
+                     f"worst {ratios[-1]:.2f}x, within 15%: {sum(r <= 1.15 for r in ratios)}")
     return "\n".join(lines)
 
