@@ -173,8 +173,8 @@ def _fill(skeleton: nn.Module, cfg: dict, tensors: dict[str, torch.Tensor], shar
 def load_sharded(directory: str, process_group=None, skeleton: nn.Module | None = None) -> nn.Module:
     """``mixkern.load_quantized`` straight into this rank's tensor-parallel form (:func:`shard_model`'s
     result): each rank reads only its slices of the packed layers (safetensors ``get_slice``) and
-    the whole of every other tensor.  Checksums cover the tensors read whole (every replicated
-    tensor and every index vector); a sliced payload cannot be checked against a whole-tensor hash."""
+    the whole of every other tensor.  Checksums cover every tensor outside the packed layers and
+    every index vector; payloads and biases are read as slices, which a whole-tensor hash cannot check."""
     try:
         from safetensors import safe_open
     except ImportError:

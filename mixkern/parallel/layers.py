@@ -31,7 +31,7 @@ def quantize_with_amax(x: torch.Tensor, amax: torch.Tensor) -> tuple[torch.Tenso
 
 def partial_gemm(xq: torch.Tensor, a: torch.Tensor, packed: PackedWeight) -> torch.Tensor:
     """float32 (M, N): the format's epilogue over this K slice, not yet rounded to the output dtype."""
-    return reference_gemm_quantized(xq, a, packed.to(xq.device), torch.float32)
+    return reference_gemm_quantized(xq, a, packed, torch.float32)
 
 
 def row_parallel_gemm(x: torch.Tensor, packed: PackedWeight, process_group=None) -> torch.Tensor:
@@ -40,6 +40,8 @@ def row_parallel_gemm(x: torch.Tensor, packed: PackedWeight, process_group=None)
     check_tensor(x, "x", ACTIVATION_DTYPES, ndim=2)
     if x.shape[1] != packed.in_features:
         raise ValueError(f"x has K={x.shape[1]} but this rank's shard has in_features={packed.in_features}")
+    if x.device != packed.device:
+        raise ValueError(f"x is on {x.device} but the shard is on {packed.device}; move one with .to()")
     amax = token_amax(x)
     dist.all_reduce(amax, op=dist.ReduceOp.MAX, group=process_group)
     if x.device.type == "cpu" and not bool(torch.isfinite(amax).all()):  # every rank sees the same amax: all raise
@@ -53,7 +55,7 @@ def row_parallel_gemm(x: torch.Tensor, packed: PackedWeight, process_group=None)
 def row_parallel_tolerance(xq: torch.Tensor, a: torch.Tensor, packed: PackedWeight, out_dtype: torch.dtype,
                            world_size: int) -> torch.Tensor:
     """Elementwise bound on |y - y_float64| of the row-parallel op over ``world_size`` ranks
-    (the module docstring derives it); xq, a and ``packed`` are the unsharded operands."""
+    (the package docstring derives it); xq, a and ``packed`` are the unsharded operands."""
     gamma = (world_size - 1) * FP32_EPS / (1 - (world_size - 1) * FP32_EPS)
     part_tol = part_mag = 0
     for rank in range(world_size):
@@ -114,7 +116,7 @@ class RowParallelMixLinear(MixLinear):
 
     ``input_is_parallel`` (default, as after a column-parallel layer): x is this rank's K
     slice; else x is whole and each rank takes its slice.  ``bias`` is whole, added once after
-    the reduction.  Numerics: :func:`row_parallel_gemm` and the module docstring."""
+    the reduction.  Numerics: :func:`row_parallel_gemm` and the package docstring."""
 
     def __init__(self, packed: PackedWeight, bias: torch.Tensor | None = None, *, process_group=None,
                  input_is_parallel: bool = True):
