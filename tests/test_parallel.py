@@ -200,10 +200,14 @@ def _groups(rank):
     return [(singles[rank], 1), (pairs[rank // 2], 2), (None, 4)]
 
 
-def _same_on_every_rank(t, group):
+def _gather(t, group):
     parts = [torch.empty_like(t) for _ in range(dist.get_world_size(group))]
     dist.all_gather(parts, t.contiguous(), group=group)
-    return all(torch.equal(p, t) for p in parts)
+    return parts
+
+
+def _same_on_every_rank(t, group):
+    return all(torch.equal(p, t) for p in _gather(t, group))
 
 
 def _layer_case(group, size, fraction, fmt, dtype, seed):
@@ -288,12 +292,6 @@ def _check_row_layers_in_place(full, model, group, size):
     return [m.register_forward_hook(check(n)) for n, m in model.named_modules() if isinstance(m, RowParallelMixLinear)]
 
 
-def _gather(t, group):
-    parts = [torch.empty_like(t) for _ in range(dist.get_world_size(group))]
-    dist.all_gather(parts, t.contiguous(), group=group)
-    return parts
-
-
 def _model_body(rank, world, directory, ids):
     full = mixkern.load_quantized(directory)
     with torch.no_grad():
@@ -305,7 +303,7 @@ def _model_body(rank, world, directory, ids):
             logits = model(input_ids=ids).logits
             for h in hooks:
                 h.remove()
-            assert all(torch.equal(p, logits) for p in _gather(logits, group))
+            assert _same_on_every_rank(logits, group)
             if size == 1:
                 assert torch.equal(logits, want)
             err = (logits - want).abs().max() / want.abs().max()
