@@ -8,25 +8,15 @@ import torch.distributed as dist
 from .._checks import ACTIVATION_DTYPES, check_tensor
 from ..format import PackedWeight
 from ..linear import MixLinear
-from ..quantize.activations import quantize_activation
+from ..quantize.activations import quantize_activation, token_amax
 from ..reference import FP32_EPS, OUT_EPS, float64_gemm_quantized, reference_gemm_quantized, tolerance
 from .sharding import COLUMN, ROW, _block, shard, shard_layer
 
 
-def token_amax(x: torch.Tensor) -> torch.Tensor:
-    """float32 (M,) max |x| per token, NaN counted as +inf (as :func:`quantize_activation` does)."""
-    return torch.nan_to_num(x.to(torch.float32).abs().amax(dim=1), nan=float("inf"))
-
-
 def quantize_with_amax(x: torch.Tensor, amax: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(xq, a) of a K slice ``x`` quantized with the scale of whole tokens whose max |x| is ``amax``.
-
-    ``amax`` is a max of x's own values (or inf), so it is exact in x's dtype; appending it as a
-    column makes :func:`quantize_activation` itself compute the whole token's ``a`` and the
-    slice's codes, which therefore equal the unsharded quantization's.  (An ``amax=`` keyword on
-    ``quantize_activation`` would save the copy: docs/parallel.md.)"""
-    xq, a = quantize_activation(torch.cat((x, amax.to(x.dtype)[:, None]), dim=1), check=False)
-    return xq[:, :-1], a
+    """(xq, a) of a K slice ``x`` quantized with the scale of whole tokens whose max |x| is ``amax``:
+    the same rule, so the slice's codes equal the unsharded quantization's."""
+    return quantize_activation(x, check=False, amax=amax.to(torch.float32))
 
 
 def partial_gemm(xq: torch.Tensor, a: torch.Tensor, packed: PackedWeight) -> torch.Tensor:
