@@ -127,11 +127,11 @@ class Preset:
 
 
 PRESETS = {
-    # Runs the whole pipeline in minutes on 2 CPU cores (0.64 s a step); 1.2 M training bytes only reach
+    # Runs the whole pipeline in minutes on 2 CPU cores (0.64 s a step when idle); 1.2 M training bytes reach
     # bigram-level text (held-out perplexity ~9 per byte).  K = 256 keeps the all-4-bit cost (4.34
     # bits/weight) under the README's --bits 4.4; narrower layers would not fit that budget.
     "cpu-small": Preset(LMConfig(d_model=256, n_layers=4, n_heads=4, d_ff=768), steps=300, batch=16, lr=1e-3,
-                        about="d 256, 4 layers, 300 steps of 16 sequences: about 3 min on 2 CPU cores"),
+                        about="d 256, 4 layers, 300 steps of 16 sequences: about 3.5 min on 2 idle CPU cores"),
     # The model of docs/quantize.md (held-out perplexity ~2.4 per byte); 29 s a step on 2 CPU cores.
     "h100": Preset(LMConfig(), steps=3000, batch=64, lr=1e-3,
                    about="d 512, 8 layers, 3000 steps of 64 sequences: about 1.5 min on an H100"),

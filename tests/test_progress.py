@@ -3,6 +3,7 @@
 import io
 import os
 import re
+import select
 
 from mixkern._progress import progress
 
@@ -77,7 +78,9 @@ def test_a_terminal_without_a_width_gets_lines():
     with os.fdopen(slave, "w") as stream:
         assert stream.isatty() and os.get_terminal_size(slave).columns == 0
         list(progress(range(3), "compile", stream=stream, clock=Clock()))
-    text = os.read(master, 4096).decode()
+    text = ""
+    while text.count("\n") < 2 and select.select([master], [], [], 10)[0]:  # the kernel hands pty output on lazily
+        text += os.read(master, 4096).decode()
     os.close(master)
     lines = text.replace("\r\n", "\n").splitlines()  # the terminal turns each \n into \r\n
     assert [ln.split(",")[0] for ln in lines] == ["compile: 0/3 (0%)", "compile: 3/3 (100%)"]
