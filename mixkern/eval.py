@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ._progress import progress
@@ -31,7 +32,8 @@ TABLE = [  # (label, QuantConfig keywords, uses salience) -- None: the unquantiz
     ("MixLLM global 5%", dict(fraction=0.05), True),
     (GLOBAL_10, dict(fraction=0.10), True),
     ("MixLLM global 20%", dict(fraction=0.20), True),
-    ("local top-k, bits of global 10%", dict(method="local"), True),  # bits= from the global 10% row
+    ("global per byte, bits of global 10%", dict(method="global-per-byte"), True),  # bits= from the global 10% row
+    ("local top-k, bits of global 10%", dict(method="local"), True),
     ("random, bits of global 10%", dict(method="random"), True),  # (its budget depends on the estimator)
 ]
 DTYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
@@ -41,22 +43,34 @@ DTYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf
 class Row:
     label: str
     bits: float
-    ppl: float
+    losses: torch.Tensor  # mean next-token cross-entropy of every held-out window (equal token counts)
     weight_share_8bit: float = 0.0  # fraction of the quantized layers' weights stored in 8-bit features
+
+    @property
+    def ppl(self) -> float:
+        return math.exp(self.losses.mean().item())
+
+
+def _window_losses(model: nn.Module, w: torch.Tensor) -> torch.Tensor:
+    """(B, L + 1) token windows -> (B,) mean cross-entropy of predicting w[:, 1:]."""
+    from .model import is_hf_model
+    logits = model(input_ids=w, use_cache=False).logits[:, :-1] if is_hf_model(model) else model(w[:, :-1])
+    ce = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), w[:, 1:].reshape(-1), reduction="none")
+    return ce.view(len(w), -1).mean(1).double().cpu()
 
 
 @torch.no_grad()
+def window_losses(model: nn.Module, windows: torch.Tensor, batch: int = 1, desc: str = "perplexity") -> torch.Tensor:
+    """Mean next-token cross-entropy of each (L + 1)-token window; perplexity is exp of their mean."""
+    device = next(model.parameters()).device
+    parts = [_window_losses(model, windows[i:i + batch].to(device))
+             for i in progress(range(0, len(windows), batch), desc, total=math.ceil(len(windows) / batch))]
+    return torch.cat(parts)
+
+
 def perplexity(model: nn.Module, windows: torch.Tensor, batch: int = 1, desc: str = "perplexity") -> float:
     """exp(mean next-token cross-entropy) over every predicted token of the (count, L + 1) windows."""
-    from .model import lm_loss
-    from .quantize.salience import tokens_of
-    device = next(model.parameters()).device
-    total, count = 0.0, 0
-    for i in progress(range(0, len(windows), batch), desc, total=math.ceil(len(windows) / batch)):
-        w = windows[i:i + batch].to(device)
-        total += lm_loss(model, w).item() * tokens_of(w)
-        count += tokens_of(w)
-    return math.exp(total / count)
+    return math.exp(window_losses(model, windows, batch, desc).mean().item())
 
 
 def _swap_back(model: nn.Module, originals: dict[str, nn.Module]) -> None:
@@ -96,13 +110,13 @@ def _measure(model, windows, label, kw, scores, packs, batch, est) -> Row:
     from .models.cpu_gemm import use_cpu_gemm
     desc = f"{label}{f' ({est})' if est else ''}"
     if kw is None:
-        return Row(label, 8.0 * next(model.parameters()).element_size(), perplexity(model, windows, batch, desc))
+        return Row(label, 8.0 * next(model.parameters()).element_size(), window_losses(model, windows, batch, desc))
     report = quantize_model(model, None, QuantConfig(**kw, second_order=est or "mixllm"), salience=scores, packs=packs)
     if next(model.parameters()).device.type == "cpu":
         use_cpu_gemm(model)  # bit-identical to the reference op, faster
     share = sum(len(idx) * report.shapes[n][1] for n, idx in report.eight_bit.items()) / \
         sum(n * k for n, k in report.shapes.values())
-    return Row(label, report.average_bits, perplexity(model, windows, batch, desc), share)
+    return Row(label, report.average_bits, window_losses(model, windows, batch, desc), share)
 
 
 def _recovered(ppl: float, fp: float, w4: float) -> str:
@@ -113,11 +127,19 @@ def _recovered(ppl: float, fp: float, w4: float) -> str:
     return f"{r:.0%}" + (" (!) beats fp" if r > 1 else " (!) worse than W4A8" if r < 0 else "")
 
 
+def paired(a: Row, b: Row) -> tuple[float, float]:
+    """(ppl(a) - ppl(b), its standard error over the held-out windows): both rows score the
+    same windows, so the spread of the per-window loss differences measures the noise."""
+    d = a.losses - b.losses
+    se = a.ppl * (d.std().item() / math.sqrt(len(d))) if len(d) > 1 else float("nan")
+    return a.ppl - b.ppl, se
+
+
 def render(results: dict[str, list[Row]], fp_label: str) -> str:
     """The markdown table: one column group per estimator (a single group when there is one)."""
     ests = list(results)
     head = "| configuration | " + " | ".join(
-        f"bits/weight{f' ({e})' if len(ests) > 1 else ''} | 8-bit share of weights | perplexity | Δ vs fp | gap recovered"
+        f"bits/weight{f' ({e})' if len(ests) > 1 else ''} | 8-bit share of weights | perplexity | Δ vs fp ± SE | gap recovered"
         for e in ests) + " |"
     lines = [head, "|---|" + "---:|" * (5 * len(ests))]
     for i, (label, _, _) in enumerate(TABLE):
@@ -126,10 +148,22 @@ def render(results: dict[str, list[Row]], fp_label: str) -> str:
             rows = results[e]
             fp, w4, r = rows[0].ppl, rows[2].ppl, rows[i]
             rec = "" if i in (0, 2) else _recovered(r.ppl, fp, w4)
-            delta = "" if i == 0 else f"{r.ppl - fp:+.4f}"
+            delta = "" if i == 0 else "{:+.4f} ± {:.4f}".format(*paired(r, rows[0]))
             cells.append(f"{r.bits:.3f} | {r.weight_share_8bit:.1%} | {r.ppl:.4f} | {delta} | {rec}")
         lines.append(f"| {fp_label if i == 0 else label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def comparisons(results: dict[str, list[Row]]) -> list[str]:
+    """Global 10% against the rows at its bits, paired over windows (negative: global is better)."""
+    out = []
+    for est, rows in results.items():
+        g = next(r for r in rows if r.label == GLOBAL_10)
+        parts = ["{}: {:+.4f} ± {:.4f}".format(r.label.split(",")[0], *paired(g, r)) for r in rows
+                 if r.label.endswith("bits of global 10%")]
+        out.append(f"ppl(global 10%) - ppl(row) at equal bits ({est}, ± 1 SE over {len(g.losses)} windows; "
+                   f"negative: global better): " + "; ".join(parts))
+    return out
 
 
 LEGEND = ("Percentages: global/local/random N% = N% of the output features (rows) of the quantized layers; "
@@ -163,7 +197,7 @@ def tiny_table(model_dir: str, tokens: int | None, calib_seqs: int, second_order
         f"held-out: {windows[:, 1:].numel()} byte tokens ({len(windows)} x {model.config.seq_len}) of {corpus.PACKAGE} "
         f"{corpus.VERSION}; calibration: {sum(b[:, 1:].numel() for b in calib)} tokens of the {calib_split} split; "
         f"salience ({second_order}) {t_sal:.0f}s on {device}", "",
-        render(results, f"fp reference ({dtype}, {device})"), "", LEGEND])
+        render(results, f"fp reference ({dtype}, {device})"), "", LEGEND, "", *comparisons(results)])
 
 
 def held_out(seq_len: int, tokens: int | None) -> torch.Tensor:

@@ -155,6 +155,7 @@ def test_the_real_model_table_runs_on_a_tiny_model(monkeypatch, tmp_path):
     out = evaluate.qwen_table(args, tiny_qwen(), None, "cpu")
     assert "fp reference (dequantized GGUF, fp32)" in out and "g128 group activations" in out
     assert "| MixLLM global 10% |" in out and out.count("| random, bits of global 10% |") == 1
+    assert "| global per byte, bits of global 10% |" in out and "ppl(global 10%) - ppl(row) at equal bits (fisher" in out
     assert "bits/weight (mixllm)" in out and "bits/weight (fisher)" in out
     again = evaluate.qwen_table(args, tiny_qwen(), None, "cpu")  # salience from the file
     assert "loaded from" in again and again.split("\n\n")[1] == out.split("\n\n")[1]
@@ -164,11 +165,16 @@ def test_the_real_model_table_runs_on_a_tiny_model(monkeypatch, tmp_path):
 
 
 def test_tables_flag_numbers_outside_what_they_can_mean():
-    from mixkern.eval import TABLE, Row, render
-    rows = [Row(label, 4.5, ppl) for (label, _, _), ppl in zip(TABLE, [10.0, 10.5, 12.0, 9.0, 11.0, 10.9, 11.5, 12.5])]
+    import math
+
+    from mixkern.eval import TABLE, Row, comparisons, render
+    ppls = [10.0, 10.5, 12.0, 9.0, 11.0, 10.9, 11.2, 11.5, 12.5]
+    rows = [Row(label, 4.5, torch.full((4,), math.log(p), dtype=torch.float64)) for (label, _, _), p in zip(TABLE, ppls)]
     out = render({"mixllm": rows}, "fp reference (fp32)")
-    assert "| fp reference (fp32) |" in out
-    assert "150% (!) beats fp" in out and "-25% (!) worse than W4A8" in out and "50%" in out
+    assert "| fp reference (fp32) |" in out and "Δ vs fp ± SE" in out and "+1.0000 ± 0.0000" in out
+    assert "150% (!) beats fp" in out and "-25% (!) worse than W4A8" in out and "| 50% |" in out
+    line = comparisons({"mixllm": rows})[0]
+    assert "local top-k: -0.5000 ± 0.0000" in line and "random: -1.5000" in line and "global per byte: -0.2000" in line
 
 
 def test_real_model_clis_fail_in_one_line(monkeypatch, tmp_path, capsys):

@@ -188,3 +188,28 @@ def test_allocation_rejects_bad_budgets():
             allocate(s, **kw)
     with pytest.raises(ValueError, match="NaN"):
         allocate({"a": torch.tensor([1.0, float("nan")])}, fraction=0.5)
+
+
+@given(layer_scores(), st.floats(0, 1))
+def test_global_per_byte_ranks_by_score_per_byte(sk, over):
+    scores, ks = sk
+    shapes = {n: (s.numel(), ks[n]) for n, s in scores.items()}
+    lo, hi = average_bits(shapes, {}), average_bits(shapes, {n: s[0] for n, s in shapes.items()})
+    bits = lo + over * (hi - lo)
+    got = allocate(scores, bits=bits, in_features=ks, method="global-per-byte")
+    assert average_bits(shapes, {n: len(v) for n, v in got.items()}) <= bits + 1e-12
+    same_k = {n: 256 for n in scores}  # equal row lengths: per byte is the same ranking as global
+    bits = average_bits({n: (s.numel(), 256) for n, s in scores.items()}, {}) + over
+    assert all(torch.equal(a, b) for a, b in zip(allocate(scores, bits=bits, in_features=same_k).values(),
+                                                  allocate(scores, bits=bits, in_features=same_k,
+                                                           method="global-per-byte").values()))
+
+
+def test_global_per_byte_prefers_cheap_rows_of_equal_score():
+    scores = {"long": torch.ones(10, dtype=torch.float64), "short": torch.ones(10, dtype=torch.float64) * 0.5}
+    ks = {"long": 1024, "short": 128}
+    assert len(allocate(scores, fraction=0.5, in_features=ks)["long"]) == 10
+    per_byte = allocate(scores, fraction=0.5, in_features=ks, method="global-per-byte")
+    assert len(per_byte["short"]) == 10 and len(per_byte["long"]) == 0
+    with pytest.raises(ValueError, match="in_features"):
+        allocate(scores, fraction=0.5, method="global-per-byte")

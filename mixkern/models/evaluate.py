@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from .._progress import progress
-from ..eval import DTYPE_NAMES, LEGEND, perplexity, render, run_rows
+from ..eval import DTYPE_NAMES, LEGEND, comparisons, perplexity, render, run_rows
 from .qwen import DTYPES
 
 ACTIVATIONS_NOTE = ("Activations: int8, one scale per token (mixkern's kernel contract). MixLLM's g128 group "
@@ -138,7 +138,8 @@ def qwen_table(args, model, tokenizer, device: str) -> str:
         f"time on {device}: quantize every row at 4 and 8 bits {t_quant:.0f}s; salience ({', '.join(estimators)}, "
         f"one streamed pass) {how} in {t_sal:.0f}s",
         f"largest |x| entering a quantized linear (first held-out window): {top:.0f} ({where})",
-        ACTIVATIONS_NOTE, "", render(results, f"fp reference (dequantized GGUF, {dtype})"), "", LEGEND, ""]
+        ACTIVATIONS_NOTE, "", render(results, f"fp reference (dequantized GGUF, {dtype})"), "", LEGEND, "",
+        *comparisons(results)]
     lines += [f"global 10% ({e}): " + where_chosen({n: v.tolist() for n, v in chosen[e].items()}, shapes)
               for e in estimators]
     if len(estimators) > 1:

@@ -41,6 +41,14 @@ def average_bits(shapes: dict[str, tuple[int, int]], counts: dict[str, int], gro
     return 8.0 * nbytes / weights
 
 
+METHODS = ("global", "global-per-byte", "local", "random")
+
+
+def _extra_bytes(k: int, group_size: int, format) -> int:
+    """Bytes one K-long feature adds when stored in 8 rather than 4 bits."""
+    return PackedWeight.feature_bytes(k, group_size, format, 8) - PackedWeight.feature_bytes(k, group_size, format, 4)
+
+
 def check_bits_budget(shapes: dict[str, tuple[int, int]], bits: float, group_size: int = 128,
                       format=WeightFormat.PROGRESSIVE) -> None:
     """Raise ValueError if ``bits`` cannot pay for every feature of these layers in 4 bits."""
@@ -60,6 +68,8 @@ def allocate(scores: dict[str, torch.Tensor], *, fraction: float | None = None, 
       * ``global``: rank every feature of every layer by score and take, best first, each
         that still fits the budget (per layer at least ``floor`` and at most ``cap`` of its
         features; floors are served first);
+      * ``global-per-byte``: the same, ranked by score per byte the feature's 8-bit form adds
+        (needs ``in_features``): under a bits budget a long row (large K) must earn its cost;
       * ``local``: the same fraction in every layer, the top-scored features of each;
       * ``random``: the counts of ``local``, features drawn at random (``seed``).
     """
@@ -69,21 +79,24 @@ def allocate(scores: dict[str, torch.Tensor], *, fraction: float | None = None, 
         raise ValueError(f"fraction of 8-bit features must lie in [0, 1], got {fraction}")
     if not 0.0 <= floor <= cap <= 1.0:
         raise ValueError(f"need 0 <= floor <= cap <= 1, got floor={floor}, cap={cap}")
-    if method not in ("global", "local", "random"):
-        raise ValueError(f"method must be global, local or random, got {method!r}")
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
     for n, sc in scores.items():
         if sc.dim() != 1:
             raise ValueError(f"scores[{n!r}] must be 1-D (one score per output feature)")
         if not torch.isfinite(sc).all():
             raise ValueError(f"scores[{n!r}] holds NaN or Inf")
     shapes = {}
-    if bits is not None:
+    if bits is not None or method == "global-per-byte":
         missing = [n for n in scores if not in_features or n not in in_features]
         if missing:
-            raise ValueError(f"a bits budget needs in_features (K) for every layer; missing {missing[:3]}")
+            raise ValueError(f"a bits budget and global-per-byte need in_features (K) for every layer; missing {missing[:3]}")
         shapes = {n: (sc.numel(), in_features[n]) for n, sc in scores.items()}
+    if bits is not None:
         check_bits_budget(shapes, bits, group_size, format)
-    if method == "global":
+    if method.startswith("global"):
+        if method == "global-per-byte":
+            scores = {n: sc.double() / _extra_bytes(shapes[n][1], group_size, format) for n, sc in scores.items()}
         return _global(scores, fraction, bits, shapes, group_size, format, floor, cap)
     counts = _uniform_counts(scores, fraction, bits, shapes, group_size, format)
     out = {}
@@ -107,9 +120,9 @@ def _global(scores, fraction, bits, shapes, group_size, format, floor, cap):
     target = round(fraction * flat.numel()) if fraction is not None else flat.numel()
     extra = budget = None
     if bits is not None:  # bytes an 8-bit feature adds over its 4-bit form, and the bytes the budget leaves
-        fb = lambda n, b: PackedWeight.feature_bytes(shapes[n][1], group_size, format, b)  # noqa: E731
-        extra = [fb(n, 8) - fb(n, 4) for n in names]
-        budget = bits / 8.0 * sum(n_ * k_ for n_, k_ in shapes.values()) - sum(shapes[n][0] * fb(n, 4) for n in names)
+        extra = [_extra_bytes(shapes[n][1], group_size, format) for n in names]
+        budget = bits / 8.0 * sum(n_ * k_ for n_, k_ in shapes.values()) - sum(
+            shapes[n][0] * PackedWeight.feature_bytes(shapes[n][1], group_size, format, 4) for n in names)
     chosen = [set() for _ in names]
     count, spent = 0, 0
     for limits in ([int(floor * s) for s in sizes], [int(round(cap * s)) for s in sizes]):
