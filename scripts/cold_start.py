@@ -1,6 +1,6 @@
 """Cold and warm start on a GPU: how long until a quantized model's first decoded token.
 
-    python scripts/cold_start.py [--model llama3-8b] [--layers 4] [--workers 16]
+    python scripts/cold_start.py [--model llama3-8b] [--layers 4] [--workers 16] [--profile DIR]
 
 Runs fresh processes against one empty TileLang cache directory: (1) cold -- every kernel
 compiled by ``mixkern.warmup``; (2) warm -- a new process that finds the cache filled;
@@ -8,19 +8,22 @@ each then prefills 16 tokens and decodes one token.  The same process also runs 
 model the same way, so "mixkern overhead" is what the quantized model adds to the time to
 first token: importing TileLang, warmup, loading the kernels, the first launches.
 Weights are random at the model's layer shapes (quantizing is excluded from the times:
-users load a quantized checkpoint).
+users load a quantized checkpoint).  ``--profile DIR`` writes each warm process's cProfile
+of warmup + first token to DIR (``warm.prof``, ``warm again.prof``) and prints its top lines.
 """
 
 import argparse
+import cProfile
 import json
 import os
+import pstats
 import subprocess
 import sys
 import tempfile
 import time
 
 
-def child(model_name: str, layers: int, workers: int) -> dict:
+def child(model_name: str, layers: int, workers: int, profile: str | None = None) -> dict:
     import torch
     from torch import nn
 
@@ -46,10 +49,17 @@ def child(model_name: str, layers: int, workers: int) -> dict:
         return time.perf_counter() - t0
 
     t_fp16 = first_token(fp16)
+    prof = cProfile.Profile() if profile else None
+    if prof:
+        prof.enable()
     t0 = time.perf_counter()
     report = mixkern.warmup(quant, workers=workers)
     t_warmup = time.perf_counter() - t0
     t_quant = first_token(quant)
+    if prof:
+        prof.disable()
+        prof.dump_stats(profile)
+        pstats.Stats(profile, stream=sys.stderr).sort_stats("cumulative").print_stats(40)
     return {"fp16_first_token_s": t_fp16, "warmup_s": t_warmup, "kernels": report.kernels,
             "compiled_now": report.compiled, "quantized_first_token_s": t_quant,
             "mixkern_overhead_s": t_warmup + t_quant - t_fp16}
@@ -60,20 +70,23 @@ def main() -> int:
     p.add_argument("--model", default="llama3-8b")
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--workers", type=int, default=os.cpu_count())
-    p.add_argument("--child", action="store_true")
+    p.add_argument("--profile", help="directory for the warm processes' cProfile dumps")
+    p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
-        print(json.dumps(child(args.model, args.layers, args.workers)))
+        profile = os.path.join(args.profile, f"{args.child}.prof") if args.profile and args.child != "cold" else None
+        print(json.dumps(child(args.model, args.layers, args.workers, profile)))
         return 0
     cache = tempfile.mkdtemp(prefix="mixkern-cold-")
     env = {**os.environ, "TILELANG_CACHE_DIR": cache}
     rows = []
     for label in ("cold", "warm", "warm again"):
         t0 = time.perf_counter()
-        out = subprocess.run([sys.executable, __file__, "--child", "--model", args.model, "--layers", str(args.layers),
-                              "--workers", str(args.workers)], env=env, capture_output=True, text=True)
+        out = subprocess.run([sys.executable, __file__, "--child", label, "--model", args.model, "--layers",
+                              str(args.layers), "--workers", str(args.workers)] + (["--profile", args.profile]
+                             if args.profile else []), env=env, capture_output=True, text=True)
+        print(out.stderr, file=sys.stderr)
         if out.returncode:
-            print(out.stderr, file=sys.stderr)
             return 1
         rows.append((label, time.perf_counter() - t0, json.loads(out.stdout.strip().splitlines()[-1])))
     print(f"\n{args.model}, {args.layers} layers x 7 linears, 10% 8-bit; cache {cache}\n")

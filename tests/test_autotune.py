@@ -33,8 +33,9 @@ def test_shipped_table_is_versioned_complete_and_valid(arch):
         n, k = map(int, shape.split("x"))
         s = schedule_from_dict(d)
         s.check(k, 128)
-        assert prune_reason(s, arch, n, k, 128) is None
         ev = raw["evidence"][key]
+        reason = prune_reason(s, arch, n, k, 128)  # the tuner prunes its sample, never the heuristic's own choice
+        assert reason is None or (reason == "idle lanes" and ev.get("heuristic") == s.key), (key, reason)
         assert ev["wrong"] == 0 and ev["compile_errors"] == 0 and ev["verified_exact"] == ev["candidates"]
         untuned = ev.get("heuristic_us", ev.get("default_us"))  # what ran untuned when it was tuned
         if timed:
