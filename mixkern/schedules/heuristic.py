@@ -6,10 +6,10 @@ blocks a grid has against the GPU's SM count, and how long one block's K loop is
 
 * **M = 1**: the dp4a GEMV with the activation quantization fused in, one K step per
   block (``warps = K / 1024`` rounded up to a power of two), 8 rows per block while that still gives half a block per SM,
-  4 row groups streamed per block once there are 1.5 waves of them.  K > 8192, or K not a
-  multiple of 1024 (a step with idle lanes): the plain GEMV -- a fused block re-quantizes
-  all of x, and at long K that costs more than a launch; at K = 3584 and 1536 the fused
-  kernel measured 1.09-1.69x slower than the plain one (H100, shapes of Qwen2.5-7B/1.5B).
+  4 row groups streamed per block once there are 1.5 waves of them.  K > 8192, or a step
+  longer than K (idle lanes: K not a multiple of warps x 1024): the plain GEMV -- a fused
+  block re-quantizes all of x, and at long K that costs more than a launch; with idle lanes
+  the fused kernel measured 1.09-1.69x slower than the plain one (H100; K = 1536, 3584, 5120).
 * **M <= 4**: the GEMV with 4 tokens per block, 8 rows, and as many warps as keep ~8 warps
   per SM busy (at least 2 at long K, where one warp's loop over K gets long).
 * **M <= 16**: the GEMV with 8 tokens per block (16 at long K) for N < 8192; from N = 8192
@@ -59,11 +59,11 @@ def choose(arch: str, m: int, n: int, k: int, group_size: int = 128, n8: int = 0
 
 
 def _one_token(n: int, k: int, sms: int) -> GemvSchedule:
-    if k > FUSED_MAX_K or k % 1024:
+    warps = min(8, _pow2_ceil(_ceil(k, 1024)))  # one step covers K (powers of two: fewer distinct kernels)
+    if k > FUSED_MAX_K or k % (warps * 1024):
         return GemvSchedule(rows=4, warps=2, tokens=1)
     rows = next((r for r in (8, 4, 2) if _ceil(n, r) >= sms // 2), 1)
     chunk = 4 if _ceil(n, rows) >= 6 * sms else 1  # 4 row groups a block, still 1.5 blocks per SM
-    warps = min(8, _pow2_ceil(_ceil(k, 1024)))  # one step covers K (powers of two: fewer distinct kernels)
     return GemvSchedule(rows=rows, warps=warps, tokens=1, chunk=chunk, fused=True)
 
 
