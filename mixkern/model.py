@@ -253,8 +253,9 @@ def save_quantized(model: nn.Module, directory: str, report: QuantReport, base_c
         json.dump(cfg, f, indent=1)
 
 
-def _read_checkpoint(directory: str) -> tuple[dict, dict[str, torch.Tensor]]:
-    """(mixkern_config, tensors), every version and checksum verified."""
+def read_checkpoint_config(directory: str) -> dict:
+    """mixkern_config.json of a ``save_quantized`` directory, versions checked (the weights
+    file must exist beside it)."""
     cfg_path, w_path = os.path.join(directory, CONFIG_FILE), os.path.join(directory, WEIGHTS_FILE)
     for p in (cfg_path, w_path):
         if not os.path.exists(p):
@@ -267,6 +268,12 @@ def _read_checkpoint(directory: str) -> tuple[dict, dict[str, torch.Tensor]]:
     if cfg.get("mixkern_checkpoint") != CHECKPOINT_VERSION or cfg.get("packed_format_version") != FORMAT_VERSION:
         raise ValueError(f"{cfg_path}: checkpoint version {cfg.get('mixkern_checkpoint')} / packed format "
                          f"{cfg.get('packed_format_version')}; this mixkern reads {CHECKPOINT_VERSION} / {FORMAT_VERSION}")
+    return cfg
+
+
+def _read_checkpoint(directory: str) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(mixkern_config, tensors), every version and checksum verified."""
+    cfg, w_path = read_checkpoint_config(directory), os.path.join(directory, WEIGHTS_FILE)
     state, _ = read_safetensors(w_path)
     want = cfg.get("sha256", {})
     if set(want) != set(state):

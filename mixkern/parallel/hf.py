@@ -3,16 +3,15 @@
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from ..format import FORMAT_VERSION, PackedWeight, WeightFormat
+from ..format import PackedWeight, WeightFormat
 from ..linear import MixLinear
-from ..model import CHECKPOINT_VERSION, CONFIG_FILE, WEIGHTS_FILE, _sha256
+from ..model import WEIGHTS_FILE, _sha256, read_checkpoint_config
 from .layers import ColumnParallelMixLinear, RowParallelMixLinear, group_rank
 from .sharding import COLUMN, ROW, ROWS4, ROWS8, _packed, shard_plan
 
@@ -102,22 +101,6 @@ def shard_model(model: nn.Module, process_group=None) -> nn.Module:
     return model
 
 
-def _checkpoint_config(directory: str) -> dict:
-    """mixkern_config.json of a ``save_quantized`` directory, versions checked."""
-    path = os.path.join(directory, CONFIG_FILE)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path} is missing: not a mixkern checkpoint (save_quantized writes one)")
-    try:
-        with open(path) as f:
-            cfg = json.load(f)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON: {e}") from None
-    if cfg.get("mixkern_checkpoint") != CHECKPOINT_VERSION or cfg.get("packed_format_version") != FORMAT_VERSION:
-        raise ValueError(f"{path}: checkpoint version {cfg.get('mixkern_checkpoint')} / packed format "
-                         f"{cfg.get('packed_format_version')}; this mixkern reads {CHECKPOINT_VERSION} / {FORMAT_VERSION}")
-    return cfg
-
-
 def _read_layer(f, name: str, info: dict, plan: LayerPlan, rank: int, world: int,
                 check) -> tuple[PackedWeight, torch.Tensor | None]:
     """One quantized layer's shard and bias from the open checkpoint ``f``, reading only this
@@ -182,7 +165,7 @@ def load_sharded(directory: str, process_group=None, skeleton: nn.Module | None 
                                   "pip install safetensors") from None
     from ..model import _skeleton  # Hugging Face models built on the meta device
     rank, world = group_rank(process_group)
-    cfg = _checkpoint_config(directory)
+    cfg = read_checkpoint_config(directory)
     if skeleton is None:
         skeleton = _skeleton(directory, cfg.get("base_model") or {})
     layers = cfg["layers"]
