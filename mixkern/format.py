@@ -30,6 +30,7 @@ The reference in :mod:`mixkern.reference` is the executable form of this text.
 from __future__ import annotations
 
 import enum
+from itertools import accumulate
 from dataclasses import dataclass, fields, replace
 
 import torch
@@ -104,10 +105,11 @@ class PackedWeight:
     @classmethod
     def unchecked(cls, **values) -> "PackedWeight":
         """Build without :meth:`validate` (which syncs with the device): for the op's hot path,
-        whose arguments came from a validated PackedWeight."""
+        whose arguments came from a validated PackedWeight.  Traceable by torch.compile (which
+        cannot call ``dataclasses.fields``: hence :data:`FIELD_DEFAULTS`)."""
         obj = object.__new__(cls)
-        for f in fields(cls):
-            object.__setattr__(obj, f.name, values.get(f.name, f.default))
+        for name, default in FIELD_DEFAULTS.items():
+            object.__setattr__(obj, name, values.get(name, default))
         return obj
 
     # -- structure ---------------------------------------------------------------------
@@ -177,6 +179,64 @@ class PackedWeight:
             idx = getattr(self, name)
             if idx.numel() > 1 and not bool((idx[1:] > idx[:-1]).all()):
                 raise ValueError(f"{name} must be strictly ascending")
+
+    # -- row blocks (fused projections) -------------------------------------------------
+    @staticmethod
+    def concat_rows(weights) -> "PackedWeight":
+        """The output features of several weights of one input, in order, as one weight: what
+        fused projections (q/k/v, gate/up) run in one GEMM.  Every output feature is computed on
+        its own, so its output is the parts' outputs concatenated, bit for bit."""
+        weights = list(weights)
+        if not weights:
+            raise ValueError("concat_rows needs at least one PackedWeight")
+        for i, w in enumerate(weights):
+            if not isinstance(w, PackedWeight):
+                raise TypeError(f"concat_rows: part {i} is a {type(w).__name__}, not a PackedWeight")
+        first = weights[0]
+        for i, w in enumerate(weights[1:], 1):
+            for what, mine, theirs in (("in_features", w.in_features, first.in_features),
+                                       ("group_size", w.group_size, first.group_size),
+                                       ("format", w.format.value, first.format.value),
+                                       ("device", w.device, first.device)):
+                if mine != theirs:
+                    raise ValueError(f"concat_rows: part {i} has {what} {mine}, part 0 has {theirs}; "
+                                     "only weights of one input, group size, format and device concatenate")
+        offsets = [0, *accumulate(w.out_features for w in weights)]
+        cat = {name: torch.cat([getattr(w, name) for w in weights])  # payload rows follow idx4 / idx8 order
+               for name in ("qweight4", "zeros4", "scales4", "qweight8", "scale8")}
+        return PackedWeight(
+            shape=(offsets[-1], first.in_features), group_size=first.group_size, format=first.format,
+            idx4=torch.cat([w.idx4 + o for w, o in zip(weights, offsets)]),
+            idx8=torch.cat([w.idx8 + o for w, o in zip(weights, offsets)]),
+            chan_scale4=None if first.chan_scale4 is None else torch.cat([w.chan_scale4 for w in weights]), **cat)
+
+    def split_rows(self, sizes, eight_bit_counts=None, *, check: bool = True) -> list["PackedWeight"]:
+        """The inverse of :meth:`concat_rows`: blocks of ``sizes`` consecutive output features as
+        weights of their own (payload views, indices shifted).  ``eight_bit_counts`` (each block's
+        8-bit rows, known to whoever concatenated) spares finding them (a host sync);
+        ``check=False`` skips :meth:`validate` for a hot path whose input was validated."""
+        sizes = [int(s) for s in sizes]
+        if sum(sizes) != self.out_features or any(s < 1 for s in sizes):
+            raise ValueError(f"split_rows: block sizes {sizes} must be positive and add up to N={self.out_features}")
+        ends = list(accumulate(sizes))
+        if eight_bit_counts is None:
+            at8 = torch.searchsorted(self.idx8, torch.tensor(ends, dtype=torch.int32, device=self.device)).tolist()
+        else:
+            at8 = list(accumulate(int(c) for c in eight_bit_counts))
+            if len(at8) != len(sizes) or at8[-1] != self.idx8.numel():
+                raise ValueError(f"split_rows: 8-bit counts {list(eight_bit_counts)} do not fit blocks {sizes}")
+        build = PackedWeight if check else PackedWeight.unchecked
+        parts, start, a4, a8 = [], 0, 0, 0
+        for end, b8 in zip(ends, at8):
+            b4 = a4 + (end - start) - (b8 - a8)
+            rows4, rows8 = slice(a4, b4), slice(a8, b8)
+            parts.append(build(
+                shape=(end - start, self.in_features), group_size=self.group_size, format=self.format,
+                idx4=self.idx4[rows4] - start, idx8=self.idx8[rows8] - start, qweight4=self.qweight4[rows4],
+                zeros4=self.zeros4[rows4], scales4=self.scales4[rows4], qweight8=self.qweight8[rows8],
+                chan_scale4=None if self.chan_scale4 is None else self.chan_scale4[rows4], scale8=self.scale8[rows8]))
+            start, a4, a8 = end, b4, b8
+        return parts
 
     # -- sizes -------------------------------------------------------------------------
     @property
@@ -249,3 +309,6 @@ class PackedWeight:
             f"PackedWeight(shape={self.shape}, format={self.format.value}, group_size={self.group_size}, "
             f"8bit={self.idx8.numel()}/{self.shape[0]}, bits/weight={self.bits_per_weight:.3f}, device={self.device})"
         )
+
+
+FIELD_DEFAULTS = {f.name: f.default for f in fields(PackedWeight)}  # every field, in order (MISSING: none)

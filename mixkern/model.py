@@ -29,6 +29,7 @@ from torch import nn
 
 from ._progress import progress
 from .format import FORMAT_VERSION, GROUP_SIZES, PackedWeight, WeightFormat
+from .fusion import FusedMixLinear, fuse_projections
 from .linear import MixLinear
 from .quantize.allocation import allocate, average_bits, check_bits_budget
 from .quantize.salience import all_precisions, feature_salience, quantizable_linears
@@ -231,7 +232,14 @@ def _base_model(model: nn.Module, directory: str) -> dict | None:
 def save_quantized(model: nn.Module, directory: str, report: QuantReport, base_config: dict | None = None) -> None:
     """Write ``model.safetensors`` (every tensor of the model, packed weights included) and
     ``mixkern_config.json`` (versions, budget, per-layer indices, and a sha256 per tensor);
-    for a Hugging Face model also its ``config.json`` and ``generation_config.json``."""
+    for a Hugging Face model also its ``config.json`` and ``generation_config.json``.
+    A fused model (:func:`~mixkern.fuse_projections`) is refused: checkpoints hold the
+    architecture's own layers, so that any mixkern loads them and ``fuse=`` stays a choice."""
+    fused = next((n for n, m in model.named_modules() if isinstance(m, FusedMixLinear)), None)
+    if fused is not None:
+        raise ValueError(f"save_quantized: {fused} is fused (mixkern.fuse_projections); save the unfused model: "
+                         "mixkern.unfuse_projections(model) first, or save before fusing and load with "
+                         "load_quantized(..., fuse=True)")
     os.makedirs(directory, exist_ok=True)
     buffers = _non_persistent_buffers(model)
     state = {**model.state_dict(), **buffers}
@@ -327,11 +335,12 @@ def _swap_in_packed(skeleton: nn.Module, directory: str, cfg: dict, state: dict[
         setattr(parent, child, MixLinear(packed, bias))
 
 
-def load_quantized(directory: str, skeleton: nn.Module | None = None) -> nn.Module:
+def load_quantized(directory: str, skeleton: nn.Module | None = None, fuse: bool = False) -> nn.Module:
     """Rebuild a quantized model; refuses corrupt, truncated or mismatched files with ValueError.
 
     Without ``skeleton`` the architecture comes from the checkpoint (a mixkern.lm TinyLM, or a
-    Hugging Face model built on the meta device and filled with the saved tensors)."""
+    Hugging Face model built on the meta device and filled with the saved tensors).  ``fuse``:
+    apply :func:`~mixkern.fuse_projections` (q/k/v and gate/up in one GEMM each)."""
     cfg, state = _read_checkpoint(directory)
     if skeleton is None:
         skeleton = _skeleton(directory, cfg.get("base_model") or {})
@@ -349,4 +358,6 @@ def load_quantized(directory: str, skeleton: nn.Module | None = None) -> nn.Modu
     left = [n for n, t in [*skeleton.named_parameters(), *skeleton.named_buffers()] if t.is_meta]
     if left:
         raise ValueError(f"{directory}: the checkpoint does not hold {left[:3]} (saved by an older mixkern?)")
+    if fuse:
+        fuse_projections(skeleton)
     return skeleton.eval()
