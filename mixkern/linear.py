@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import operator
 from dataclasses import fields
 
 import torch
 from torch import nn
 
+from ._checks import ACTIVATION_DTYPES
 from .format import PackedWeight
-from .ops import gemm
+from .ops import call, weight_args
 
 
 class MixLinear(nn.Module):
@@ -16,6 +18,8 @@ class MixLinear(nn.Module):
 
     Computes in x's dtype when it is fp16 or bf16, else in fp16 (result cast back).
     """
+
+    _op_cache = ((), None, None)  # (the buffers the op arguments were built from, the arguments, device)
 
     def __init__(self, packed: PackedWeight, bias: torch.Tensor | None = None):
         super().__init__()
@@ -37,6 +41,7 @@ class MixLinear(nn.Module):
             for n, b in fixed.items():
                 moved = fn(b)
                 self._buffers[n] = moved if moved.dtype == b.dtype else b.to(moved.device)
+            self._op_cache = ((), None, None)  # let the old tensors go now, not at the next forward
         return self
 
     @property
@@ -46,13 +51,38 @@ class MixLinear(nn.Module):
         return PackedWeight.unchecked(shape=(self.out_features, self.in_features), group_size=self.group_size,
                                       format=self.format, chan_scale4=tensors.pop("chan_scale4", None), **tensors)
 
+    def _weight_args(self) -> tuple[tuple, torch.device]:
+        """The op's weight arguments and their device, rebuilt only when a buffer object changed
+        (``.to()``, ``load_state_dict(assign=True)``, assignment): the identity check costs well
+        under a microsecond, a PackedWeight several (in-place copies keep the objects: nothing to do)."""
+        if torch.compiler.is_compiling():  # traced once: no cache to guard on
+            return weight_args(self), self.qweight4.device
+        buffers = tuple(self._buffers.values())
+        built_from, args, device = self._op_cache
+        if len(buffers) != len(built_from) or not all(map(operator.is_, buffers, built_from)):
+            args, device = weight_args(self), self.qweight4.device
+            self._op_cache = (buffers, args, device)
+        return args, device
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[-1] != self.in_features:
-            raise ValueError(f"MixLinear expects {self.in_features} input features, got shape {tuple(x.shape)}")
-        dtype = x.dtype if x.dtype in (torch.float16, torch.bfloat16) else torch.float16
-        y = gemm(x.reshape(-1, self.in_features).to(dtype), self.packed)
-        y = y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
-        return y if self.bias is None else y + self.bias.to(y.dtype)
+        """The hot path of every quantized model: checks only what is cheap (K, device, empty);
+        the weight was validated when it was quantized or loaded."""
+        shape = x.shape
+        if shape[-1] != self.in_features:
+            raise ValueError(f"MixLinear expects {self.in_features} input features, got shape {tuple(shape)}")
+        args, device = self._weight_args()
+        if x.device != device:
+            raise ValueError(f"x is on {x.device} but {type(self).__name__} is on {device}; move one with .to()")
+        x2 = x.reshape(-1, self.in_features)
+        if x2.shape[0] == 0:
+            raise ValueError(f"x is empty (shape {tuple(shape)})")
+        if x.dtype not in ACTIVATION_DTYPES:  # computes in fp16, result cast back
+            x2 = x2.to(torch.float16)
+        y = call(x2.contiguous(), args).reshape(*shape[:-1], self.out_features)
+        if y.dtype != x.dtype:
+            y = y.to(x.dtype)
+        bias = self.bias
+        return y if bias is None else y + (bias if bias.dtype == y.dtype else bias.to(y.dtype))
 
     def extra_repr(self) -> str:
         p = self.packed

@@ -1,13 +1,25 @@
 """``mixkern.gemm(x, packed_w)``: the public GEMM, a real torch op (``torch.ops.mixkern.gemm``).
 
-The op takes the PackedWeight's tensors flat (custom ops take tensors and scalars), so it
-traces under ``torch.compile`` through its fake implementation.  It runs the exact
-reference implementation on CPU; on CUDA the TileLang kernels of :mod:`mixkern.kernels`.
+The op takes the PackedWeight's tensors flat (ops take tensors and scalars), so it traces
+under ``torch.compile`` and captures in CUDA graphs through its fake implementation.  It runs
+the exact reference implementation on CPU; on CUDA the TileLang kernels of :mod:`mixkern.kernels`.
+
+It is registered with ``torch.library.Library`` (schema + one Python kernel per device + a
+fake), not ``torch.library.custom_op``: custom_op wraps every eager call in an autograd
+wrapper and a dynamo frame (~60 us a call on an H100 host, and its first call imports
+torch._dynamo).  Here an eager call is the C++ dispatcher and one Python kernel.
+
+Autograd: the op is not differentiable (weights are packed integers; there is no backward).
+Its Autograd key falls through, so ``torch.ops.mixkern.gemm`` itself records nothing and its
+output never requires grad.  :func:`gemm` and :class:`~mixkern.MixLinear` (through
+:func:`call`) instead give the output a node whose backward raises, when grad mode is on and
+x requires grad: a training loop gets an error, not a silently missing gradient (in eager
+mode; under torch.compile the output simply does not require grad).
 """
 
 from __future__ import annotations
 
-from typing import Optional
+import functools
 
 import torch
 
@@ -18,6 +30,13 @@ from .reference import reference_gemm_quantized
 
 FORMAT_IDS = {WeightFormat.PROGRESSIVE: 0, WeightFormat.GROUP_FLOAT: 1}
 FORMATS_BY_ID = {v: k for k, v in FORMAT_IDS.items()}
+SCHEMA = ("gemm(Tensor x, Tensor idx4, Tensor idx8, Tensor qweight4, Tensor zeros4, Tensor scales4, "
+          "Tensor? chan_scale4, Tensor qweight8, Tensor scale8, SymInt n, SymInt group_size, SymInt format_id) -> Tensor")
+
+# Operator registration is process-global in torch; this object owns it, so it must live as
+# long as the process (dropping it would deregister the op).
+LIBRARY = torch.library.Library("mixkern", "DEF")
+LIBRARY.define(SCHEMA)
 
 
 def _packed_from_args(n, k, group_size, format_id, idx4, idx8, qweight4, zeros4, scales4, chan_scale4, qweight8, scale8):
@@ -27,45 +46,76 @@ def _packed_from_args(n, k, group_size, format_id, idx4, idx8, qweight4, zeros4,
     )
 
 
-@torch.library.custom_op("mixkern::gemm", mutates_args=())
-def _gemm_op(
-    x: torch.Tensor,
-    idx4: torch.Tensor,
-    idx8: torch.Tensor,
-    qweight4: torch.Tensor,
-    zeros4: torch.Tensor,
-    scales4: torch.Tensor,
-    chan_scale4: Optional[torch.Tensor],
-    qweight8: torch.Tensor,
-    scale8: torch.Tensor,
-    n: int,
-    group_size: int,
-    format_id: int,
-) -> torch.Tensor:
+def _gemm_cpu(x, idx4, idx8, qweight4, zeros4, scales4, chan_scale4, qweight8, scale8, n, group_size, format_id):
+    """CPU: the exact reference (the executable form of :mod:`mixkern.format`).  Autograd falls
+    through to here, so the torch ops inside would record a graph: no_grad keeps them out."""
     pw = _packed_from_args(n, x.shape[1], group_size, format_id, idx4, idx8, qweight4, zeros4, scales4,
                            chan_scale4, qweight8, scale8)
-    xq, a = quantize_activation(x, check=False)
-    return reference_gemm_quantized(xq, a, pw, x.dtype)
+    with torch.no_grad():
+        xq, a = quantize_activation(x, check=False)
+        return reference_gemm_quantized(xq, a, pw, x.dtype)
 
 
-@_gemm_op.register_kernel("cuda")
+@functools.cache
+def _launch():
+    """The CUDA launcher, imported on first use: tilelang loads only when a GPU runs the op
+    (and a cached call is cheaper than an import statement on every call)."""
+    from .kernels.launch import gemm_flat
+    return gemm_flat
+
+
 def _gemm_cuda(x, idx4, idx8, qweight4, zeros4, scales4, chan_scale4, qweight8, scale8, n, group_size, format_id):
-    from .kernels.launch import gemm_cuda  # imports tilelang only when a GPU runs the op
-
-    pw = _packed_from_args(n, x.shape[1], group_size, format_id, idx4, idx8, qweight4, zeros4, scales4,
-                           chan_scale4, qweight8, scale8)
-    return gemm_cuda(x, pw)
+    """CUDA: the TileLang kernels, on the flat arguments (no PackedWeight built per call)."""
+    return _launch()(x, idx4, idx8, qweight4, zeros4, scales4, chan_scale4, qweight8, scale8, n, group_size,
+                     FORMATS_BY_ID[format_id])
 
 
-@_gemm_op.register_fake
 def _gemm_fake(x, idx4, idx8, qweight4, zeros4, scales4, chan_scale4, qweight8, scale8, n, group_size, format_id):
     return x.new_empty((x.shape[0], n))
 
 
+LIBRARY.impl("gemm", _gemm_cpu, "CPU")
+LIBRARY.impl("gemm", _gemm_cuda, "CUDA")
+LIBRARY.impl("gemm", torch.library.fallthrough_kernel, "Autograd")  # not differentiable: see the module docstring
+torch.library.register_fake("mixkern::gemm", _gemm_fake, lib=LIBRARY)
+GEMM = torch.ops.mixkern.gemm.default  # the OpOverload: calling it skips the OpOverloadPacket layer
+
+
+class _NoBackward(torch.autograd.Function):
+    """The op, recorded by autograd only so that a backward through it fails loudly."""
+
+    @staticmethod
+    def forward(ctx, x, *weight_args):
+        return GEMM(x, *weight_args)
+
+    @staticmethod
+    def backward(ctx, grad):
+        raise RuntimeError("mixkern.gemm has no backward (packed integer weights, inference only); run the "
+                           "quantized model under torch.no_grad(), or keep layers you train as nn.Linear")
+
+
+def call(x: torch.Tensor, weight_args: tuple) -> torch.Tensor:
+    """The op on contiguous x and :func:`weight_args`, without input checks (the hot path of
+    :class:`~mixkern.MixLinear`); a backward through the result raises (module docstring).
+    Under torch.compile the op's own no-grad semantics apply (dynamo would trace the raise)."""
+    if x.requires_grad and torch.is_grad_enabled() and not torch.compiler.is_compiling():
+        return _NoBackward.apply(x, *weight_args)
+    return GEMM(x, *weight_args)
+
+
+WEIGHT_TENSORS = ("idx4", "idx8", "qweight4", "zeros4", "scales4", "chan_scale4", "qweight8", "scale8")
+
+
+def weight_args(w) -> tuple:
+    """The op's arguments after x, for a PackedWeight or anything with its attributes (a
+    MixLinear's buffers; a missing chan_scale4 is None): what a layer caches per call."""
+    return (*(getattr(w, name, None) for name in WEIGHT_TENSORS), w.out_features, w.group_size,
+            FORMAT_IDS[w.format])
+
+
 def op_args(x: torch.Tensor, pw: PackedWeight) -> tuple:
     """The flat argument tuple of ``torch.ops.mixkern.gemm`` for (x, pw)."""
-    return (x, pw.idx4, pw.idx8, pw.qweight4, pw.zeros4, pw.scales4, pw.chan_scale4, pw.qweight8, pw.scale8,
-            pw.shape[0], pw.group_size, FORMAT_IDS[pw.format])
+    return (x, *weight_args(pw))
 
 
 def check_gemm_inputs(x, pw) -> None:
@@ -89,4 +139,4 @@ def gemm(x: torch.Tensor, packed_w: PackedWeight) -> torch.Tensor:
     Activations are quantized per token to int8 inside the op; see :mod:`mixkern.format`.
     """
     check_gemm_inputs(x, packed_w)
-    return torch.ops.mixkern.gemm(*op_args(x.contiguous(), packed_w))
+    return call(x.contiguous(), weight_args(packed_w))

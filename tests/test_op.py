@@ -71,3 +71,131 @@ def test_packed_weight_rejects_inconsistent_fields():
         dataclasses.replace(pw, version=99)
     with pytest.raises(ValueError, match="group_size"):
         dataclasses.replace(pw, group_size=32)
+
+
+def test_autograd_raw_op_records_nothing_wrappers_refuse_backward():
+    """The op is not differentiable: torch.ops.mixkern.gemm's output never requires grad (its
+    Autograd key falls through); mixkern.gemm and MixLinear raise at backward, not silently."""
+    torch.manual_seed(3)
+    pw = _pw()
+    x = torch.randn(2, 256, dtype=torch.float16, requires_grad=True)
+    raw = torch.ops.mixkern.gemm.default(*op_args(x, pw))
+    assert not raw.requires_grad and raw.grad_fn is None
+    assert torch.equal(raw, reference_gemm(x.detach(), pw))
+    for y in (mixkern.gemm(x, pw), mixkern.MixLinear(pw)(x)):
+        assert torch.equal(y, raw)
+        with pytest.raises(RuntimeError, match="no backward"):
+            y.float().sum().backward()
+    with torch.no_grad():
+        assert not mixkern.MixLinear(pw)(x).requires_grad
+
+
+def test_mixlinear_caches_op_args_until_buffers_change():
+    torch.manual_seed(4)
+    layer = mixkern.MixLinear(_pw())
+    x = torch.randn(3, 256, dtype=torch.float16)
+    y = layer(x)
+    args = layer._op_cache[1]
+    assert torch.equal(layer(x), y) and layer._op_cache[1] is args  # no rebuild on a repeated call
+    other = _pw()
+    layer.load_state_dict(mixkern.MixLinear(other).state_dict(), assign=True)  # new buffer objects
+    assert torch.equal(layer(x), reference_gemm(x, other))
+    assert layer._op_cache[1] is not args
+    layer.load_state_dict(mixkern.MixLinear(_pw()).state_dict())  # in place: same objects, new data
+    assert torch.equal(layer(x), reference_gemm(x, layer.packed))
+    layer.half()  # _apply: the cache is dropped, packed dtypes kept
+    assert layer._op_cache[1] is None and layer.scale8.dtype == torch.float32
+    assert torch.equal(layer(x), reference_gemm(x, layer.packed))
+
+
+@pytest.mark.parametrize("x, match", [
+    (lambda: torch.randn(2, 128, dtype=torch.float16), "256 input features"),
+    (lambda: torch.randn(0, 256, dtype=torch.float16), "empty"),
+    (lambda: torch.randn(2, 256, dtype=torch.float16, device="meta"), "meta"),
+])
+def test_mixlinear_rejects_bad_input(x, match):
+    with pytest.raises(ValueError, match=match):
+        mixkern.MixLinear(_pw())(x())
+
+
+@pytest.mark.parametrize("fmt", list(WeightFormat))
+def test_mixlinear_compiles_fullgraph(fmt):
+    torch.manual_seed(5)
+    layer = mixkern.MixLinear(quantize_weight(torch.randn(16, 256), [3], 128, fmt), torch.randn(16))
+    x = torch.randn(2, 3, 256)  # fp32: computed in fp16, cast back
+    compiled = torch.compile(layer, backend="aot_eager", fullgraph=True)
+    assert torch.equal(compiled(x), layer(x))
+
+
+@pytest.fixture
+def recorded_launches(monkeypatch):
+    """launch.py with its kernels replaced by recorders (no GPU): [(kind, args)] in launch order."""
+    launch = pytest.importorskip("mixkern.kernels.launch")
+    calls, compiles = [], []
+
+    def compiled(kind, *job):
+        compiles.append((kind, *job))
+        return lambda *args: calls.append((kind, args))
+
+    monkeypatch.setattr(launch, "compiled", compiled)
+    monkeypatch.setattr(launch, "sm_count", lambda device: 132)
+    launch._plan.cache_clear(), launch._picked_plan.cache_clear()
+    yield launch, calls, compiles
+    launch._plan.cache_clear(), launch._picked_plan.cache_clear()  # no recorder plans left for GPU tests
+
+
+def _launch_cases():
+    from mixkern.schedules import GemvSchedule, Schedule
+    return [GemvSchedule(fused=True), GemvSchedule(), Schedule(block_m=16, block_n=64), Schedule(split_k=2)]
+
+
+@pytest.mark.parametrize("case", range(4))
+@pytest.mark.parametrize("eight", [None, [0, 3, 17], "all"])
+def test_launch_passes_each_kernel_its_arguments(recorded_launches, case, eight):
+    """The CUDA path's launch sequence, checked on CPU: which kernels, which tensors in which
+    slots (4-bit rows: qweight, scales, zeros, chan scale, idx; 8-bit: qweight, scale, idx)."""
+    launch, calls, compiles = recorded_launches
+    schedule = _launch_cases()[case]
+    pw = quantize_weight(torch.randn(24, 256), eight, 128)
+    x = torch.randn(3, 256, dtype=torch.float16)
+    for _ in range(2):  # the second call reuses the plan: nothing compiled or looked up again
+        calls.clear()
+        y = launch.gemm_cuda(x, pw, schedule, "sm_90a")
+    assert len(compiles) == len({c[0] for c in compiles}) and y.shape == (3, 24) and y.dtype == x.dtype
+    kinds = [kind for kind, _ in calls]
+    main = calls[kinds.index("gemv" if case < 2 else "mma")][1]
+    words = case < 2
+    rows4, rows8 = main[2:7], main[7:10]
+    for got, want in zip(rows4 + rows8, (pw.qweight4, pw.scales4, pw.zeros4, pw.chan_scale4, pw.idx4,
+                                         pw.qweight8, pw.scale8, pw.idx8)):
+        if want.numel():  # else a one-row stand-in of the absent precision; qweights as words for gemv
+            assert got is want or (got.data_ptr() == want.data_ptr() and got.view(want.dtype).shape == want.shape)
+    assert (rows4[0].dtype == torch.int32) == words and (rows8[0].dtype == torch.int32) == words
+    if case == 0:
+        assert kinds == ["gemv"] and main[0] is x and main[-1] is y
+        return
+    act = calls[0][1]
+    assert kinds[0] == "act" and act[0] is x and act[1].dtype == torch.int8 and act[2].shape == (3,)
+    assert main[0].data_ptr() == act[1].data_ptr() and main[0].view(torch.int8).shape == (3, 256)
+    assert main[1] is act[2]
+    if case < 3:
+        assert kinds == ["act", "gemv" if words else "mma"] and main[-1] is y
+        return
+    acc, epi = main[-1], calls[2][1]
+    assert kinds == ["act", "mma", "epi"] and acc.dtype == torch.int32 and acc.shape == (3, 24)
+    assert epi[0] is acc and epi[1] is act[2] and epi[2:6] == (rows4[3], rows4[4], rows8[1], rows8[2])
+    assert epi[-1] is y
+
+
+def test_launch_picks_once_per_shape(recorded_launches, monkeypatch):
+    launch, calls, compiles = recorded_launches
+    picks = []
+    pick = launch.pick
+    monkeypatch.setattr(launch, "pick", lambda *a: picks.append(a) or pick(*a))
+    pw = quantize_weight(torch.randn(24, 256), [5], 128)
+    for m in (1, 1, 1, 7, 7):
+        launch.gemm_cuda(torch.randn(m, 256, dtype=torch.float16), pw, arch="sm_90a")
+    assert [a[1] for a in picks] == [1, 7] and picks[0] == ("sm_90a", 1, 24, 256, 128, 1, 132)
+    with pytest.raises(NotImplementedError, match="progressive"):
+        launch.gemm_cuda(torch.randn(1, 256, dtype=torch.float16), quantize_weight(torch.randn(24, 256), None, 128,
+                                                                                  "groupfloat"), arch="sm_90a")

@@ -16,7 +16,7 @@ import torch
 from tilelang import tvm
 
 from ..format import PackedWeight, WeightFormat
-from ..schedules import AnySchedule, GemvSchedule, Schedule, pick
+from ..schedules import AnySchedule, GemvSchedule, pick
 from . import ir_cache
 from .act_quant import act_quant
 from .decode_gemv import decode_gemv
@@ -41,9 +41,12 @@ def poisoned_outputs():
 def arch_of(device: torch.device) -> str:
     """The build target for this GPU.  ``MIXKERN_ARCH=sm_80+sm_90`` runs the Ampere kernels on an
     H100: sm_80 code, shipped with sm_90 machine code built from its compute_80 PTX."""
-    forced = os.environ.get("MIXKERN_ARCH")
-    if forced:
-        return forced
+    return os.environ.get("MIXKERN_ARCH") or _native_arch(device)
+
+
+@lru_cache(maxsize=None)
+def _native_arch(device: torch.device) -> str:
+    """This GPU's target by its compute capability (cached: the op asks on every call)."""
     major, minor = torch.cuda.get_device_capability(device)
     if major == 9:
         return "sm_90a"  # TileLang's warp-specialized TMA + wgmma kernels need the 'a' target
@@ -134,10 +137,15 @@ def kernel_jobs_any_split(arch: str, k: int, group_size: int, schedule: AnySched
 
 
 def quantize_activation_cuda(x: torch.Tensor, arch: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """x (M, K) fp16/bf16 on a GPU -> (xq int8 (M, K), a fp32 (M,)) by the activation kernel."""
+    return _quantize(compiled("act", arch or arch_of(x.device), x.shape[1], TL_DTYPES[x.dtype]), x)
+
+
+def _quantize(act_kernel, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     m, k = x.shape
-    xq = torch.empty(m, k, dtype=torch.int8, device=x.device)
+    xq = torch.empty(m, k, dtype=torch.int8, device=x.device)  # torch.empty: faster than new_empty
     a = torch.empty(m, dtype=torch.float32, device=x.device)
-    compiled("act", arch or arch_of(x.device), k, TL_DTYPES[x.dtype])(_aligned(x), xq, a)
+    act_kernel(_aligned(x), xq, a)
     return xq, a
 
 
@@ -163,61 +171,86 @@ def _empty_rows(device, k: int, group_size: int, words: bool) -> dict:
             8: (w8, z(1, dtype=torch.float32), z(1))}
 
 
-def _rows(pw: PackedWeight, k: int, words: bool):
-    """The 4-bit and 8-bit row arguments of the one-launch kernels (placeholders for an absent precision)."""
-    has4, has8 = pw.idx4.numel() > 0, pw.idx8.numel() > 0
-    as_words = _words if words else (lambda t: t)
-    empty = _empty_rows(pw.qweight4.device, k, pw.group_size, words)
-    rows4 = (as_words(pw.qweight4), pw.scales4, pw.zeros4, pw.chan_scale4, pw.idx4) if has4 else empty[4]
-    rows8 = (as_words(pw.qweight8), pw.scale8, pw.idx8) if has8 else empty[8]
-    return has4, has8, rows4, rows8
+class _Plan:
+    """What one launch needs that does not depend on the tensors: the compiled kernels (exactly
+    ``kernel_jobs``, the list warmup compiles) and stand-ins for an absent precision.  Built
+    once per shape and schedule, so a repeated call costs one cache lookup, the output and
+    the launches -- no schedule pick, kernel-cache hashing or weight validation."""
+
+    __slots__ = ("act", "main", "epi", "words", "empty4", "empty8")
+
+    def __init__(self, arch: str, device: torch.device, k: int, group_size: int, has4: bool, has8: bool,
+                 schedule: AnySchedule, dtype: torch.dtype):
+        jobs = kernel_jobs(arch, k, group_size, schedule, TL_DTYPES[dtype], has4, has8)
+        kernels = {job[0]: compiled(*job) for job in jobs}
+        self.act, self.epi = kernels.get("act"), kernels.get("epi")  # no 'act': a fused decode kernel
+        self.main = kernels["gemv"] if "gemv" in kernels else kernels["mma"]
+        self.words = isinstance(schedule, GemvSchedule)
+        empty = _empty_rows(device, k, group_size, self.words)
+        self.empty4, self.empty8 = (None if has4 else empty[4]), (None if has8 else empty[8])
+
+    def run(self, x: torch.Tensor, n: int, rows4: tuple, rows8: tuple) -> torch.Tensor:
+        """y (M, N); rows4 = (qweight4, scales4, zeros4, chan_scale4, idx4), rows8 = (qweight8, scale8, idx8)."""
+        m = x.shape[0]
+        y = torch.empty(m, n, dtype=x.dtype, device=x.device)
+        if POISON_OUTPUT:
+            y.fill_(float("nan"))
+        rows4 = self.empty4 or ((_words(rows4[0]), *rows4[1:]) if self.words else rows4)
+        rows8 = self.empty8 or ((_words(rows8[0]), *rows8[1:]) if self.words else rows8)
+        if self.act is None:  # the fused decode kernel quantizes x itself ('a' is its scratch)
+            self.main(_aligned(x), torch.empty(m, dtype=torch.float32, device=x.device), *rows4, *rows8, y)
+            return y
+        xq, a = _quantize(self.act, x)
+        if self.words:
+            self.main(_words(xq), a, *rows4, *rows8, y)
+        elif self.epi is None:
+            self.main(xq, a, *rows4, *rows8, y)
+        else:  # split-K: exact int32 partial sums, then one epilogue pass
+            acc = torch.zeros(m, n, dtype=torch.int32, device=x.device)
+            self.main(xq, a, *rows4, *rows8, acc)
+            self.epi(acc, a, rows4[3], rows4[4], rows8[1], rows8[2], y)
+        return y
 
 
-def _run_mma(xq, a, pw: PackedWeight, y, schedule: Schedule, arch):
-    k = xq.shape[1]
-    has4, has8, rows4, rows8 = _rows(pw, k, words=False)
-    dtype = TL_DTYPES[y.dtype]
-    schedule = schedule.fitted(arch, has4, has8)
-    kernel = compiled("mma", arch, k, pw.group_size, schedule, dtype, has4, has8)
-    if schedule.split_k == 1:
-        kernel(xq, a, *rows4, *rows8, y)
-        return
-    acc = torch.zeros(xq.shape[0], pw.idx4.numel() + pw.idx8.numel(), dtype=torch.int32, device=xq.device)
-    kernel(xq, a, *rows4, *rows8, acc)
-    compiled("epi", arch, dtype, has4)(acc, a, rows4[3], rows4[4], rows8[1], rows8[2], y)
+@lru_cache(maxsize=None)
+def _plan(arch: str, device: torch.device, k: int, group_size: int, has4: bool, has8: bool,
+          schedule: AnySchedule, dtype: torch.dtype) -> _Plan:
+    return _Plan(arch, device, k, group_size, has4, has8, schedule, dtype)
 
 
-def _run_gemv(x, pw: PackedWeight, y, schedule: GemvSchedule, arch):
-    """The decode kernel; a fused schedule takes fp16/bf16 x and quantizes it in the same launch."""
+@lru_cache(maxsize=16384)
+def _picked_plan(arch: str, device: torch.device, m: int, n: int, k: int, group_size: int, n8: int, has4: bool,
+                 dtype: torch.dtype) -> _Plan:
+    """The plan of the schedule ``pick`` chooses, keyed by everything that choice depends on
+    (M exactly: the heuristic looks at more than M's bucket)."""
+    schedule = pick(arch, m, n, k, group_size, n8, sm_count(device))
+    return _plan(arch, device, k, group_size, has4, n8 > 0, schedule, dtype)
+
+
+def gemm_flat(x: torch.Tensor, idx4, idx8, qweight4, zeros4, scales4, chan_scale4, qweight8, scale8, n: int,
+              group_size: int, fmt: WeightFormat, schedule: AnySchedule | None = None,
+              arch: str | None = None) -> torch.Tensor:
+    """:func:`gemm_cuda` on the op's flat arguments (the CUDA kernel of ``torch.ops.mixkern.gemm``).
+    The weight is trusted: it was validated when it was quantized or loaded."""
+    if fmt is not WeightFormat.PROGRESSIVE:
+        raise NotImplementedError(
+            f"{fmt.value} has no CUDA kernel; quantize with format='progressive' (the default) "
+            "or run this op on CPU")
     m, k = x.shape
-    has4, has8, rows4, rows8 = _rows(pw, k, words=True)
-    kernel = compiled("gemv", arch, k, pw.group_size, schedule, TL_DTYPES[y.dtype], has4, has8)
-    if schedule.fused:
-        kernel(_aligned(x), torch.empty(m, dtype=torch.float32, device=x.device), *rows4, *rows8, y)
-        return
-    xq, a = quantize_activation_cuda(x, arch)
-    kernel(_words(xq), a, *rows4, *rows8, y)
+    device = x.device
+    arch = arch or os.environ.get("MIXKERN_ARCH") or _native_arch(device)
+    has4 = idx4.shape[0] > 0
+    if schedule is None:
+        plan = _picked_plan(arch, device, m, n, k, group_size, idx8.shape[0], has4, x.dtype)
+    else:
+        schedule.check(k, group_size)
+        plan = _plan(arch, device, k, group_size, has4, idx8.shape[0] > 0, schedule, x.dtype)
+    return plan.run(x, n, (qweight4, scales4, zeros4, chan_scale4, idx4), (qweight8, scale8, idx8))
 
 
 def gemm_cuda(x: torch.Tensor, pw: PackedWeight, schedule: AnySchedule | None = None,
               arch: str | None = None) -> torch.Tensor:
     """y = mixkern.gemm(x, pw) with the TileLang kernels (progressive format); ``schedule`` and
     ``arch`` override the table's choice and the GPU's own build target (the autotuner uses them)."""
-    if pw.format is not WeightFormat.PROGRESSIVE:
-        raise NotImplementedError(
-            f"{pw.format.value} has no CUDA kernel; quantize with format='progressive' (the default) "
-            "or run this op on CPU")
-    arch = arch or arch_of(x.device)
-    m, k = x.shape
-    if schedule is None:  # checked (and cached) by pick
-        schedule = pick(arch, m, pw.shape[0], k, pw.group_size, pw.idx8.numel(), sm_count(x.device))
-    else:
-        schedule.check(k, pw.group_size)
-    y = torch.empty(m, pw.shape[0], dtype=x.dtype, device=x.device)
-    if POISON_OUTPUT:
-        y.fill_(float("nan"))
-    if isinstance(schedule, GemvSchedule):
-        _run_gemv(x, pw, y, schedule, arch)
-    else:
-        _run_mma(*quantize_activation_cuda(x, arch), pw, y, schedule, arch)
-    return y
+    return gemm_flat(x, pw.idx4, pw.idx8, pw.qweight4, pw.zeros4, pw.scales4, pw.chan_scale4, pw.qweight8,
+                     pw.scale8, pw.shape[0], pw.group_size, pw.format, schedule, arch)
