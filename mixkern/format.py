@@ -1,35 +1,53 @@
-"""The quantized weight format, written down once.
+"""The quantized weight formats, written down once: the contract every kernel matches.
 
 A weight ``W`` of shape (N, K) (``y = x @ W.T``) is split by *output feature* (row):
 rows listed in ``idx8`` are 8-bit, the rest (``idx4``, ascending) are 4-bit.  Every
-output element is computed entirely at one precision.  Two versioned formats exist;
-they differ only in how the 4-bit rows carry their scales.
+output element is computed entirely at one precision.  ``g = k // group_size`` (the
+weight group), ``group_size`` is 64, 128 (default) or 256.  Two versioned formats exist.
 
-``WeightFormat.PROGRESSIVE`` ("mixkern.progressive.v1", QServe-style two-level)::
+``WeightFormat.PROGRESSIVE`` ("mixkern.progressive.v1", QServe-style two-level; GPU kernels)::
 
+    activations:  per token: a[m] = max_k |x[m, k]| / 127 (fp32), xq = rint(x / a[m]) in int8
     4-bit row n:  W[n, k] ~= s1[n] * w8[n, k],   w8[n, k] = (q[n, k] - z[n, g]) * s2[n, g]
                   q in [0, 15] (packed nibbles), z in [0, 15], s2 in [1, 16] (uint8),
                   s1 fp32 per row, |w8| <= 127 guaranteed (level one clipped to +-119)
-    8-bit row n:  W[n, k] ~= s8[n] * q8[n, k],   q8 int8 in [-127, 127], s8 fp32
+    8-bit row n:  W[n, k] ~= s8[n] * q8[n, k],   q8 int8 in [-127, 127], s8 fp32 per row
     kernel:       acc = sum_k xq * w8 over all of K in one int32 accumulator;
-                  y = ((fp32(acc) * a[m]) * s[n])  -- every float op in the epilogue
+                  y = out_dtype((fp32(acc) * a[m]) * s[n])  -- two fp32 multiplies, in this order
 
-``WeightFormat.GROUP_FLOAT`` ("mixkern.groupfloat.v1", MixLLM's two-step dequantization)::
+``WeightFormat.MIXLLM`` ("mixkern.mixllm.v1", MixLLM's configuration; CPU only for now,
+the GPU kernels are issue 14's next step)::
 
-    4-bit row n:  W[n, k] ~= sg[n, g] * (q[n, k] - z[n, g]),  sg fp16 per group, z in [0, 15]
-    8-bit row n:  as above
-    kernel:       acc_g = sum_{k in g} xq * (q - z) in int32 per group;
-                  t = fma(fp32(acc_g), fp32(sg), t) over groups in order (fp32);
-                  y = fp32(t) * a[m]    (8-bit rows: (fp32(acc) * a[m]) * s8[n])
+    activation groups: j = k // A with A = min(group_size, 128) (A = 64 for weight group 64);
+                  a[m, j] = max_{k in j} |x[m, k]| / 127 (fp32 division), xq = rint(x / a[m, j])
+                  clamped to [-127, 127]; an all-zero group has a = 0, xq = 0
+    4-bit row n:  W[n, k] ~= s[n, g] * (q[n, k] - z[n, g]),  q, z in [0, 15], s fp16 > 0
+                  (step one: the int8 operand is q - z in [-15, 15], integer ops only)
+    8-bit row n:  W[n, k] ~= s[n, g] * q8[n, k],  q8 int8 in [-127, 127], s fp16 > 0 per (row, group)
+    kernel, both row kinds alike (w = q - z or q8):
+                  p[m, n, j] = sum_{k in j} xq[m, k] * w[n, k]     int32, exact (|p| < 2**21,
+                                                                    so fp32(p) is exact too)
+                  c[m, n, j] = fp32(a[m, j] * fp32(s[n, j * A // group_size]))   one fp32 multiply
+                  acc = 0.0f;  for j = 0, 1, ..., K/A - 1 (increasing k):
+                      acc = fmaf(fp32(p[m, n, j]), c[m, n, j], acc)  one rounding (fused)
+                  y = out_dtype(acc)                                round to nearest even
 
-Activations (both): per-token symmetric int8, see :mod:`mixkern.quantize.activations`.
-``g = k // group_size``; ``group_size`` is 64, 128 (default) or 256.
+Every step is IEEE round-to-nearest-even, so a GPU kernel that keeps this order (one int32
+MMA chain per activation group, ``__fmul_rn`` then ``__fmaf_rn``) is bit-exact; a split-K
+kernel reorders the fp32 sum and stays within :func:`mixkern.reference.tolerance`.  A token
+whose activation group holds NaN or Inf gets ``a[m, j] = +inf`` there, so its whole output
+row is non-finite (``fmaf(p, inf, acc)`` is inf or NaN) and no other token is touched.
+
+``mixkern.groupfloat.v1`` (packed format version 1) is retired: it had no GPU kernel and
+MixLLM's configuration supersedes it (per-group activation and 8-bit scales change the
+stored layout); checkpoints holding it are refused, re-quantize with ``format="mixllm"``.
 The reference in :mod:`mixkern.reference` is the executable form of this text.
 """
 
 from __future__ import annotations
 
 import enum
+import math
 from itertools import accumulate
 from dataclasses import dataclass, fields, replace
 
@@ -37,8 +55,10 @@ import torch
 
 from .packing import NIBBLE_ORDER, unpack_int4
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: groupfloat retired, mixllm added (per-group fp16 8-bit scales)
+READABLE_FORMAT_VERSIONS = (1, 2)  # version 1's progressive layout is version 2's; its groupfloat is refused
 GROUP_SIZES = (64, 128, 256)
+ACT_GROUP_MAX = 128  # MixLLM's activation group: min(weight group, 128)
 MAX_IN_FEATURES = 131072  # the longest row the GPU kernels take (activation quantization holds a row in one block)
 LEVEL1_MAX = 119  # progressive level one: |w8| <= 119 keeps (q - z) * s2 inside int8
 
@@ -54,20 +74,42 @@ def check_in_features(k: int, group_size: int) -> None:
                          "quantize a token's row in one block); split the layer along K")
 
 
+RETIRED = ("groupfloat", "group_float", "mixkern.groupfloat.v1")
+
+
 class WeightFormat(str, enum.Enum):
     PROGRESSIVE = "mixkern.progressive.v1"
-    GROUP_FLOAT = "mixkern.groupfloat.v1"
+    MIXLLM = "mixkern.mixllm.v1"
 
     @classmethod
     def parse(cls, value: "WeightFormat | str") -> "WeightFormat":
         if isinstance(value, cls):
             return value
-        aliases = {"progressive": cls.PROGRESSIVE, "groupfloat": cls.GROUP_FLOAT, "group_float": cls.GROUP_FLOAT}
+        if str(value).lower() in RETIRED:
+            raise ValueError(f"weight format {value!r} is retired: mixkern.groupfloat.v1 (packed format version 1) "
+                             "had no GPU kernel and MixLLM's configuration replaces it; re-quantize the "
+                             "floating-point weights with format='mixllm'")
+        aliases = {"progressive": cls.PROGRESSIVE, "mixllm": cls.MIXLLM}
         try:
             return aliases.get(str(value).lower()) or cls(value)
         except ValueError:
             names = ", ".join([*aliases, *(f.value for f in cls)])
             raise ValueError(f"unknown weight format {value!r}; expected one of: {names}") from None
+
+    def act_group_size(self, group_size: int) -> int | None:
+        """Activation scale granularity along K: None (per token) or MixLLM's group."""
+        return None if self is WeightFormat.PROGRESSIVE else min(group_size, ACT_GROUP_MAX)
+
+
+def field_layout(fmt: WeightFormat, n4: int, n8: int, k: int, group_size: int) -> dict:
+    """{field: (dtype, shape)} of every tensor a PackedWeight of this format holds."""
+    g = k // group_size
+    common = {"idx4": (torch.int32, (n4,)), "idx8": (torch.int32, (n8,)), "qweight4": (torch.uint8, (n4, k // 2)),
+              "zeros4": (torch.uint8, (n4, g)), "qweight8": (torch.int8, (n8, k))}
+    if fmt is WeightFormat.PROGRESSIVE:
+        return {**common, "scales4": (torch.uint8, (n4, g)), "chan_scale4": (torch.float32, (n4,)),
+                "scale8": (torch.float32, (n8,))}
+    return {**common, "scales4": (torch.float16, (n4, g)), "scale8": (torch.float16, (n8, g))}
 
 
 @dataclass(frozen=True)
@@ -78,10 +120,10 @@ class PackedWeight:
       qweight4  uint8 (N4, K // 2)  4-bit codes, physical nibble order of :mod:`mixkern.packing`
       zeros4    uint8 (N4, G)       zero points in [0, 15]
       scales4   PROGRESSIVE: uint8 (N4, G) integer group scales s2 in [1, 16]
-                GROUP_FLOAT: float16 (N4, G) float group scales
-      chan_scale4  float32 (N4,) level-one row scales s1 (PROGRESSIVE); None for GROUP_FLOAT
+                MIXLLM: float16 (N4, G) group scales
+      chan_scale4  float32 (N4,) level-one row scales s1 (PROGRESSIVE); None for MIXLLM
       qweight8  int8 (N8, K)        8-bit rows
-      scale8    float32 (N8,)       8-bit row scales
+      scale8    PROGRESSIVE: float32 (N8,) row scales; MIXLLM: float16 (N8, G) group scales
       idx4, idx8  int32, ascending, disjoint, together 0..N-1
     """
 
@@ -147,29 +189,24 @@ class PackedWeight:
             raise ValueError(f"shape {self.shape} needs N >= 1")
         check_in_features(k, g)
         n4, n8 = self.idx4.numel(), self.idx8.numel()
-        scale_dtype = torch.uint8 if self.format is WeightFormat.PROGRESSIVE else torch.float16
-        expect = {
-            "idx4": (torch.int32, (n4,)),
-            "idx8": (torch.int32, (n8,)),
-            "qweight4": (torch.uint8, (n4, k // 2)),
-            "zeros4": (torch.uint8, (n4, k // g)),
-            "scales4": (scale_dtype, (n4, k // g)),
-            "qweight8": (torch.int8, (n8, k)),
-            "scale8": (torch.float32, (n8,)),
-        }
-        if self.format is WeightFormat.PROGRESSIVE:
-            expect["chan_scale4"] = (torch.float32, (n4,))
-        elif self.chan_scale4 is not None:
-            raise ValueError("chan_scale4 must be None for the group-float format")
+        expect = field_layout(self.format, n4, n8, k, g)
+        if "chan_scale4" not in expect and self.chan_scale4 is not None:
+            raise ValueError(f"chan_scale4 must be None for the {self.format.value} format")
         device = self.qweight4.device
         for name, (dtype, shape) in expect.items():
             t = getattr(self, name)
             if not isinstance(t, torch.Tensor):
                 raise TypeError(f"PackedWeight.{name} must be a tensor, got {type(t).__name__}")
             if t.dtype != dtype or tuple(t.shape) != shape:
-                raise ValueError(f"PackedWeight.{name}: expected {dtype} {shape}, got {t.dtype} {tuple(t.shape)}")
+                raise ValueError(f"PackedWeight.{name}: expected {dtype} {shape} for {self.format.value}, "
+                                 f"got {t.dtype} {tuple(t.shape)}")
             if t.device != device:
                 raise ValueError(f"PackedWeight.{name} is on {t.device}, the rest on {device}")
+        if self.format is WeightFormat.MIXLLM:  # the NaN rule needs finite positive scales
+            for name in ("scales4", "scale8"):
+                s = getattr(self, name)
+                if s.numel() and not bool((torch.isfinite(s) & (s > 0)).all()):
+                    raise ValueError(f"PackedWeight.{name}: mixllm scales must be finite and positive")
         if n4 + n8 != n:
             raise ValueError(f"idx4 ({n4}) and idx8 ({n8}) must together cover all {n} output features")
         both = torch.cat((self.idx4, self.idx8)).cpu().long()
@@ -249,11 +286,11 @@ class PackedWeight:
         """Bytes one output feature of a K-long row costs at ``bits`` (4 or 8), index included:
         the unit of every bit budget (``nbytes`` equals the sum over features)."""
         fmt = WeightFormat.parse(format or WeightFormat.PROGRESSIVE)
-        if bits == 8:
-            return 4 + k + 4  # idx8, int8 row, fp32 scale
-        g = k // group_size
-        scales = g if fmt is WeightFormat.PROGRESSIVE else 2 * g
-        return 4 + k // 2 + g + scales + (4 if fmt is WeightFormat.PROGRESSIVE else 0)
+        if bits not in (4, 8):
+            raise ValueError(f"bits must be 4 or 8, got {bits}")
+        n4, n8 = (1, 0) if bits == 4 else (0, 1)
+        return sum(dtype.itemsize * math.prod(shape)
+                   for dtype, shape in field_layout(fmt, n4, n8, k, group_size).values())
 
     @property
     def bits_per_weight(self) -> float:
@@ -274,7 +311,7 @@ class PackedWeight:
     def int8_rows4(self) -> torch.Tensor:
         """int8 (N4, K): what a kernel's int4 -> int8 step yields for the 4-bit rows.
 
-        PROGRESSIVE: (q - z) * s2; GROUP_FLOAT: q - z.  Exact in int8 by construction.
+        PROGRESSIVE: (q - z) * s2; MIXLLM: q - z.  Exact in int8 by construction.
         """
         diff = self.codes4().to(torch.int16) - self._per_element(self.zeros4).to(torch.int16)
         if self.format is WeightFormat.PROGRESSIVE:
@@ -284,25 +321,36 @@ class PackedWeight:
         return diff.to(torch.int8)
 
     def row_scales(self) -> torch.Tensor:
-        """float32 (N,): the per-output-feature scale of the epilogue (ones for GROUP_FLOAT 4-bit rows)."""
-        s = torch.ones(self.shape[0], dtype=torch.float32, device=self.device)
-        if self.format is WeightFormat.PROGRESSIVE:
-            s[self.idx4] = self.chan_scale4
+        """float32 (N,): PROGRESSIVE's per-output-feature epilogue scale (s1 or s8)."""
+        if self.format is not WeightFormat.PROGRESSIVE:
+            raise ValueError(f"{self.format.value} has group scales, no per-row scale; see group_scales()")
+        s = torch.empty(self.shape[0], dtype=torch.float32, device=self.device)
+        s[self.idx4] = self.chan_scale4
         s[self.idx8] = self.scale8
+        return s
+
+    def int8_rows(self) -> torch.Tensor:
+        """int8 (N, K): every row's integer MMA operand in output-feature order."""
+        w = torch.empty(self.shape, dtype=torch.int8, device=self.device)
+        w[self.idx4] = self.int8_rows4()
+        w[self.idx8] = self.qweight8
+        return w
+
+    def group_scales(self) -> torch.Tensor:
+        """float32 (N, G): MIXLLM's weight group scale of every row (fp16 values, exact in fp32)."""
+        if self.format is not WeightFormat.MIXLLM:
+            raise ValueError(f"{self.format.value} has no float group scales")
+        s = torch.empty(self.shape[0], self.num_groups, dtype=torch.float32, device=self.device)
+        s[self.idx4] = self.scales4.to(torch.float32)
+        s[self.idx8] = self.scale8.to(torch.float32)
         return s
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """(N, K) weight the integer operands and scales represent: exact in float64, rounded once to dtype."""
-        n, k = self.shape
-        w = torch.empty(n, k, dtype=torch.float64, device=self.device)
-        w4 = self.int8_rows4().to(torch.float64)
+        w = self.int8_rows().to(torch.float64)
         if self.format is WeightFormat.PROGRESSIVE:
-            w4 = w4 * self.chan_scale4.to(torch.float64)[:, None]
-        else:
-            w4 = w4 * self._per_element(self.scales4).to(torch.float64)
-        w[self.idx4] = w4
-        w[self.idx8] = self.qweight8.to(torch.float64) * self.scale8.to(torch.float64)[:, None]
-        return w.to(dtype)
+            return (w * self.row_scales().to(torch.float64)[:, None]).to(dtype)
+        return (w * self._per_element(self.group_scales().to(torch.float64))).to(dtype)
 
     def __repr__(self) -> str:
         return (

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from ._progress import progress
-from .format import FORMAT_VERSION, GROUP_SIZES, PackedWeight, WeightFormat
+from .format import FORMAT_VERSION, GROUP_SIZES, READABLE_FORMAT_VERSIONS, PackedWeight, WeightFormat
 from .fusion import FusedMixLinear, fuse_projections
 from .linear import MixLinear
 from .quantize.allocation import allocate, average_bits, check_bits_budget
@@ -55,7 +55,7 @@ class QuantConfig:
     floor: float = 0.0  # per-layer minimum fraction of 8-bit features (global only)
     cap: float = 1.0  # per-layer maximum fraction (global only)
     second_order: str = "mixllm"  # the salience estimator: mixllm, fisher or hessian
-    format: str = "progressive"
+    format: str = "progressive"  # progressive (GPU kernels) or mixllm (MixLLM's configuration, CPU for now)
     seed: int = 0
 
     def budget(self) -> dict:
@@ -273,9 +273,15 @@ def read_checkpoint_config(directory: str) -> dict:
             cfg = json.load(f)
     except json.JSONDecodeError as e:
         raise ValueError(f"{cfg_path} is not valid JSON: {e}") from None
-    if cfg.get("mixkern_checkpoint") != CHECKPOINT_VERSION or cfg.get("packed_format_version") != FORMAT_VERSION:
+    if cfg.get("mixkern_checkpoint") != CHECKPOINT_VERSION or cfg.get("packed_format_version") not in READABLE_FORMAT_VERSIONS:
         raise ValueError(f"{cfg_path}: checkpoint version {cfg.get('mixkern_checkpoint')} / packed format "
-                         f"{cfg.get('packed_format_version')}; this mixkern reads {CHECKPOINT_VERSION} / {FORMAT_VERSION}")
+                         f"{cfg.get('packed_format_version')}; this mixkern reads {CHECKPOINT_VERSION} / "
+                         f"{' or '.join(map(str, READABLE_FORMAT_VERSIONS))}")
+    for name, info in (cfg.get("layers") or {}).items():  # a retired format fails here, naming the file
+        try:
+            WeightFormat.parse(info.get("format", WeightFormat.PROGRESSIVE))
+        except ValueError as e:
+            raise ValueError(f"{cfg_path}: layer {name}: {e}") from None
     return cfg
 
 

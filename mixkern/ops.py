@@ -2,7 +2,8 @@
 
 The op takes the PackedWeight's tensors flat (ops take tensors and scalars), so it traces
 under ``torch.compile`` and captures in CUDA graphs through its fake implementation.  It runs
-the exact reference implementation on CPU; on CUDA the TileLang kernels of :mod:`mixkern.kernels`.
+the exact reference implementation on CPU; on CUDA the TileLang kernels of :mod:`mixkern.kernels`
+(the ``progressive`` format only: the ``mixllm`` format's GPU kernels are issue 14's next step).
 
 It is registered with ``torch.library.Library`` (schema + one Python kernel per device + a
 fake), not ``torch.library.custom_op``: custom_op wraps every eager call in an autograd
@@ -25,10 +26,9 @@ import torch
 
 from ._checks import ACTIVATION_DTYPES, check_finite, check_tensor
 from .format import PackedWeight, WeightFormat
-from .quantize.activations import quantize_activation
-from .reference import reference_gemm_quantized
+from .reference import quantize_for, reference_gemm_quantized
 
-FORMAT_IDS = {WeightFormat.PROGRESSIVE: 0, WeightFormat.GROUP_FLOAT: 1}
+FORMAT_IDS = {WeightFormat.PROGRESSIVE: 0, WeightFormat.MIXLLM: 1}
 FORMATS_BY_ID = {v: k for k, v in FORMAT_IDS.items()}
 SCHEMA = ("gemm(Tensor x, Tensor idx4, Tensor idx8, Tensor qweight4, Tensor zeros4, Tensor scales4, "
           "Tensor? chan_scale4, Tensor qweight8, Tensor scale8, SymInt n, SymInt group_size, SymInt format_id) -> Tensor")
@@ -52,7 +52,7 @@ def _gemm_cpu(x, idx4, idx8, qweight4, zeros4, scales4, chan_scale4, qweight8, s
     pw = _packed_from_args(n, x.shape[1], group_size, format_id, idx4, idx8, qweight4, zeros4, scales4,
                            chan_scale4, qweight8, scale8)
     with torch.no_grad():
-        xq, a = quantize_activation(x, check=False)
+        xq, a = quantize_for(x, pw, check=False)
         return reference_gemm_quantized(xq, a, pw, x.dtype)
 
 
@@ -66,6 +66,10 @@ def _launch():
 
 def _gemm_cuda(x, idx4, idx8, qweight4, zeros4, scales4, chan_scale4, qweight8, scale8, n, group_size, format_id):
     """CUDA: the TileLang kernels, on the flat arguments (no PackedWeight built per call)."""
+    if format_id != FORMAT_IDS[WeightFormat.PROGRESSIVE]:
+        raise NotImplementedError(
+            f"{FORMATS_BY_ID[format_id].value} has no CUDA kernel yet (mixkern issue 14: MixLLM's configuration, "
+            "GPU kernels are its next step); run this op on CPU or quantize with format='progressive' (the default)")
     return _launch()(x, idx4, idx8, qweight4, zeros4, scales4, chan_scale4, qweight8, scale8, n, group_size,
                      FORMATS_BY_ID[format_id])
 
@@ -136,7 +140,8 @@ def check_gemm_inputs(x, pw) -> None:
 def gemm(x: torch.Tensor, packed_w: PackedWeight) -> torch.Tensor:
     """y = x @ W.T for x (M, K) fp16/bf16 and a PackedWeight W (N, K); y (M, N) in x's dtype.
 
-    Activations are quantized per token to int8 inside the op; see :mod:`mixkern.format`.
+    Activations are quantized to int8 inside the op, per token (``progressive``) or per
+    (token, group) (``mixllm``); see :mod:`mixkern.format`.
     """
     check_gemm_inputs(x, packed_w)
     return call(x.contiguous(), weight_args(packed_w))

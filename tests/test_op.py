@@ -198,4 +198,4 @@ def test_launch_picks_once_per_shape(recorded_launches, monkeypatch):
     assert [a[1] for a in picks] == [1, 7] and picks[0] == ("sm_90a", 1, 24, 256, 128, 1, 132)
     with pytest.raises(NotImplementedError, match="progressive"):
         launch.gemm_cuda(torch.randn(1, 256, dtype=torch.float16), quantize_weight(torch.randn(24, 256), None, 128,
-                                                                                  "groupfloat"), arch="sm_90a")
+                                                                                  "mixllm"), arch="sm_90a")

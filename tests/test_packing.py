@@ -81,7 +81,7 @@ def test_concat_rows_refuses_weights_of_different_inputs():
     meta = PackedWeight.unchecked(**{**{f: getattr(a, f) for f in FIELD_DEFAULTS},
                                      **{name: t.to("meta") for name, t in a.tensors().items()}})
     for other, what in [(_weight(k=384), "in_features"), (_weight(group_size=64), "group_size"),
-                        (_weight(fmt="groupfloat"), "format"), (meta, "device")]:
+                        (_weight(fmt="mixllm"), "format"), (meta, "device")]:
         with pytest.raises(ValueError, match=f"part 1 has {what}"):
             PackedWeight.concat_rows([a, other])
     with pytest.raises(ValueError, match="at least one"):

@@ -24,7 +24,10 @@ def _element_bounds(pw: PackedWeight, w: torch.Tensor) -> torch.Tensor:
         bound[pw.idx4] = s1 * (0.5 + s2 / 2)  # level one rounding + level two half step
     else:  # half a step, plus the fp16 rounding of the scale stretched over 15 steps
         bound[pw.idx4] = _per_element(pw.scales4, gs) * (0.5 + 15 * 2.0**-11)
-    bound[pw.idx8] = pw.scale8.to(torch.float64)[:, None] * 0.5
+    if pw.format is WeightFormat.MIXLLM:  # fp16 scale per (row, group), rounded up: no clipping
+        bound[pw.idx8] = _per_element(pw.scale8, gs) * 0.5
+    else:
+        bound[pw.idx8] = pw.scale8.to(torch.float64)[:, None] * 0.5
     return bound * (1 + 8 * EPS32) + 8 * EPS32 * w.abs().to(torch.float64) + 1e-30
 
 
@@ -62,7 +65,7 @@ def test_clip_search_never_worse_than_min_max(wg, fmt):
         return e.reshape(w.shape[0], -1, gs).sum(dim=2)
     searched = group_sq_err(quantize_weight(w, None, gs, fmt, clip_search=True))
     plain = group_sq_err(quantize_weight(w, None, gs, fmt, clip_search=False))
-    if fmt is WeightFormat.GROUP_FLOAT:  # per-group choice: never worse in any group
+    if fmt is WeightFormat.MIXLLM:  # per-group choice: never worse in any group
         assert bool((searched <= plain * (1 + 1e-9) + 1e-300).all())
     else:  # level two is searched against the unrounded level one: never worse in total, up to level-one rounding
         assert searched.sum() <= plain.sum() * 1.02 + 1e-300
@@ -100,7 +103,9 @@ def test_activation_quantization(data, dtype, m, k, scale):
     (lambda: torch.randn(4, 128), {"eight_bit_features": torch.ones(3, dtype=torch.bool)}, ValueError, "mask"),
     (lambda: torch.randn(4, 128), {"eight_bit_features": "some"}, ValueError, "'all'"),
     (lambda: torch.randn(4, 128), {"format": "int3"}, ValueError, "unknown weight format"),
-    (lambda: torch.randn(4, 128) * 1e35, {"format": "groupfloat"}, ValueError, "too large"),
+    (lambda: torch.randn(4, 128) * 1e35, {"format": "mixllm"}, ValueError, "too large"),
+    (lambda: torch.randn(4, 128) * 1e35, {"format": "mixllm", "eight_bit_features": "all"}, ValueError, "too large"),
+    (lambda: torch.randn(4, 128), {"format": "groupfloat"}, ValueError, "retired.*format='mixllm'"),
 ])
 def test_quantize_weight_rejects(make, kwargs, err, match):
     with pytest.raises(err, match=match):

@@ -3,7 +3,8 @@
 4-bit groups are asymmetric with the range widened to include 0 (so the zero point is
 always a code in [0, 15]); each group picks the clipping ratio in ``CLIP_RATIOS`` that
 minimizes its squared reconstruction error (ratio 1.0 is plain min/max, so the search
-never does worse than min/max).  8-bit rows are symmetric per channel.
+never does worse than min/max).  8-bit rows are symmetric: per channel with an fp32 scale
+(``progressive``), per (channel, group) with an fp16 scale (``mixllm``, MixLLM's configuration).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from .._checks import WEIGHT_DTYPES, check_finite, check_tensor
-from ..format import LEVEL1_MAX, PackedWeight, WeightFormat, check_in_features
+from ..format import LEVEL1_MAX, PackedWeight, WeightFormat, check_in_features, field_layout
 from ..packing import pack_int4
 
 CLIP_RATIOS = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7)
@@ -83,18 +84,33 @@ def _asymmetric_groups(v: torch.Tensor, target: torch.Tensor, make_scale, clip_s
     return q.to(torch.uint8), z.to(torch.uint8), s
 
 
-def _fp16_scale(span: torch.Tensor) -> torch.Tensor:
-    s = span / INT4_MAX
+def _fp16_scale(span: torch.Tensor, levels: int = INT4_MAX) -> torch.Tensor:
+    """span / levels as a positive float16 value (returned in float32, exact)."""
+    s = span / levels
     if bool((s > FP16_MAX).any()):
-        raise ValueError("weights too large for float16 group scales (a group spans more than 15 * 65504)")
+        raise ValueError(f"weights too large for float16 group scales (a group spans more than {levels} * 65504)")
     return s.clamp(min=FP16_TINY).to(torch.float16).to(torch.float32)
+
+
+def quantize_groups_int8(w: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric int8 per (row, group): w (R, K) float32 -> (q int8 (R, K), s float16 (R, G)).
+    The scale is rounded *up* to fp16 before the codes are taken: no code clips, so every
+    weight is within half a step of s."""
+    r, k = w.shape
+    groups = w.reshape(r, k // group_size, group_size)
+    amax = groups.abs().amax(dim=2)
+    s = _fp16_scale(amax, INT8_MAX)
+    up = torch.nextafter(s.half(), torch.full_like(s, torch.inf, dtype=torch.float16)).float()
+    s = torch.where(s < amax / INT8_MAX, up, s)
+    q = torch.round(groups / s[..., None]).clamp_(-INT8_MAX, INT8_MAX).to(torch.int8)
+    return q.reshape(r, k), s.to(torch.float16)
 
 
 def _int_scale(span: torch.Tensor) -> torch.Tensor:
     return torch.ceil(span / INT4_MAX).clamp_(1, 16)
 
 
-def _quantize_rows_group_float(w: torch.Tensor, group_size: int, clip_search: bool):
+def _quantize_rows_mixllm(w: torch.Tensor, group_size: int, clip_search: bool):
     r, k = w.shape
     groups = w.reshape(r, k // group_size, group_size)
     q, z, s = _asymmetric_groups(groups, groups, _fp16_scale, clip_search)
@@ -124,6 +140,7 @@ def quantize_weight(
     """Quantize w (N, K) (fp16/bf16/fp32, y = x @ w.T) into a :class:`PackedWeight`.
 
     eight_bit_features: None (all 4-bit), "all", a bool mask of shape (N,), or indices.
+    format: "progressive" (default, GPU kernels) or "mixllm" (MixLLM's configuration, CPU for now).
     Runs on w's device, ROW_CHUNK rows at a time.
     """
     check_tensor(w, "w", WEIGHT_DTYPES, ndim=2)
@@ -138,18 +155,18 @@ def quantize_weight(
     idx8 = idx8.to(torch.int32)
     idx4 = idx4.to(torch.int32)
 
-    quantize_rows = _quantize_rows_progressive if fmt is WeightFormat.PROGRESSIVE else _quantize_rows_group_float
+    quantize_rows = _quantize_rows_progressive if fmt is WeightFormat.PROGRESSIVE else _quantize_rows_mixllm
     parts = [quantize_rows(w[idx4[i : i + ROW_CHUNK]].float(), group_size, clip_search)
              for i in range(0, idx4.numel(), ROW_CHUNK)]
     if parts:
         codes, zeros, scales, chan = (torch.cat(p) if p[0] is not None else None for p in zip(*parts))
     else:  # every row is 8-bit
+        empty = {name: torch.empty(shape, dtype=dtype, device=w.device)
+                 for name, (dtype, shape) in field_layout(fmt, 0, 0, k, group_size).items()}
         codes = torch.empty(0, k, dtype=torch.uint8, device=w.device)
-        zeros = torch.empty(0, k // group_size, dtype=torch.uint8, device=w.device)
-        scales = torch.empty(0, k // group_size, device=w.device,
-                             dtype=torch.uint8 if fmt is WeightFormat.PROGRESSIVE else torch.float16)
-        chan = torch.empty(0, device=w.device) if fmt is WeightFormat.PROGRESSIVE else None
-    q8, s8 = quantize_rows_int8(w[idx8].float())
+        zeros, scales, chan = empty["zeros4"], empty["scales4"], empty.get("chan_scale4")
+    w8 = w[idx8].float()
+    q8, s8 = quantize_rows_int8(w8) if fmt is WeightFormat.PROGRESSIVE else quantize_groups_int8(w8, group_size)
     return PackedWeight(
         shape=(n, k), group_size=group_size, format=fmt, idx4=idx4, idx8=idx8,
         qweight4=pack_int4(codes), zeros4=zeros, scales4=scales, chan_scale4=chan,
