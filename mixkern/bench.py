@@ -1,6 +1,7 @@
 """GPU benchmark: mixkern.gemm against cuBLAS fp16 and cuBLASLt int8, side by side in one process.
 
     python -m mixkern.bench [--shapes 4096x4096 ...] [--m 1 16 4096] [--json out.json] [--plot out.png]
+    python -m mixkern.bench --model llama3-8b --layers 4 [--tp 8] ...   # whole model: mixkern/bench_model.py
 
 Every time is the median of ``triton.testing.do_bench`` (which flushes L2 before each
 run) over CUDA-graph replays of the op called back to back on rotating copies of its
@@ -15,6 +16,7 @@ fresh and random.  Floors: weight bytes / measured copy bandwidth (memory), 2MNK
 """
 
 import argparse
+import importlib.util
 import json
 import sys
 import time
@@ -196,8 +198,15 @@ def main(argv=None) -> int:
     parser.add_argument("--m", type=int, nargs="+", default=M_VALUES)
     parser.add_argument("--fractions", type=float, nargs="+", default=[0.0, 0.1])
     parser.add_argument("--json", help="write every measurement here")
-    parser.add_argument("--plot", help="write a PNG of speedup vs M here")
+    parser.add_argument("--plot", help="write a PNG here: speedup vs M (with --model: tokens/s bars)")
+    from . import bench_model
+    bench_model.add_arguments(parser)
     args = parser.parse_args(argv)
+    if args.plot and importlib.util.find_spec("matplotlib") is None:
+        print("error: --plot needs matplotlib: pip install 'mixkern[plot]' (or leave out --plot)", file=sys.stderr)
+        return 2
+    if args.model:
+        return bench_model.main(args)
     if not torch.cuda.is_available():
         print("error: python -m mixkern.bench needs a CUDA GPU", file=sys.stderr)
         return 2
