@@ -119,8 +119,9 @@ def main(argv=None) -> int:
     print("\n" + "\n".join(table(rows, total)))
     print(f"\n({time.perf_counter() - t0:.1f}s on {torch.get_num_threads()} CPU threads.  8-bit rows: the share of "
           f"output features (rows) stored in 8 bits, chosen across all layers at once; rows differ in length, so "
-          f"the share of weights differs.  8-bit rows are per-channel symmetric, so 100% = W8A8; activations are "
-          f"int8 per token in every quantized row; errors are relative L2 norms over all layers, vs the fp16 "
+          f"the share of weights differs.  progressive: 8-bit rows per-channel symmetric (100% = W8A8), activations "
+          f"int8 per token; mixllm: 4-bit rows with fp16 group scales, 8-bit rows with a scale per (row, group), "
+          f"activations int8 per (token, group of 128); errors are relative L2 norms over all layers, vs the fp16 "
           f"weights and the fp16-input matmul in float64)")
     for warning in implausible(rows):
         print(f"warning: {warning}")

@@ -171,7 +171,7 @@ def test_activation_kernel_is_bit_exact(m, k, dtype, scale, seed):
 
 
 def test_group_float_has_no_cuda_kernel_and_says_so():
-    pw = quantize_weight(torch.randn(64, 256, device="cuda"), None, 128, "groupfloat")
+    pw = quantize_weight(torch.randn(64, 256, device="cuda"), None, 128, "mixllm")
     with pytest.raises(NotImplementedError, match="progressive"):
         mixkern.gemm(torch.randn(2, 256, device="cuda", dtype=torch.float16), pw)
 

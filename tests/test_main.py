@@ -26,7 +26,7 @@ def test_main_job_table(capsys):
     rows = _rows(out)
     assert len(rows) == 6 and "warning" not in out
     assert "| weights | 8-bit rows (% of output features) | in 8-bit rows (% of weights) |" in out
-    for fmt in ("progressive", "groupfloat"):
+    for fmt in ("progressive", "mixllm"):
         l0, s0, b0, _, w0, y0 = rows[(0, fmt)]
         l10, s10, b10, _, w10, y10 = rows[(10, fmt)]
         l100, s100, b100, _, w100, y100 = rows[(100, fmt)]

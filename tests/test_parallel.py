@@ -20,10 +20,9 @@ from hypothesis import strategies as st
 import mixkern
 from mixkern import MixLinear, quantize_weight
 from mixkern.parallel import (ColumnParallelMixLinear, RowParallelMixLinear, load_sharded, partial_gemm,
-                              plan_layers, quantize_with_amax, row_parallel_tolerance, shard, shard_model,
-                              token_amax)
+                              plan_layers, quantize_slice, row_parallel_tolerance, shard, shard_model, token_amax)
 from mixkern.quantize.activations import quantize_activation
-from mixkern.reference import float64_gemm_quantized
+from mixkern.reference import float64_gemm_quantized, quantize_for
 from strategies import activations, dtypes, eight_bit_choice, formats, weights, within
 
 WORLDS = st.sampled_from([1, 2, 3, 4])
@@ -74,10 +73,11 @@ def test_row_shards_split_k_at_group_boundaries_or_refuse(data, wg, fmt, world):
     assert all(s.shape == (pw.out_features, k // world) for s in shards)
     for s in shards:
         assert torch.equal(s.idx4, pw.idx4) and torch.equal(s.idx8, pw.idx8)
-        for name in ("chan_scale4", "scale8"):
+        per_row = ("chan_scale4", "scale8") if pw.scale8.dim() == 1 else ("chan_scale4",)  # mixllm: scale8 per group
+        for name in per_row:
             assert (getattr(s, name) is None) == (getattr(pw, name) is None)
             assert getattr(s, name) is None or torch.equal(getattr(s, name), getattr(pw, name))
-    for name in ("qweight4", "zeros4", "scales4", "qweight8"):
+    for name in ("qweight4", "zeros4", "scales4", "qweight8") + (("scale8",) if pw.scale8.dim() == 2 else ()):
         assert torch.equal(torch.cat([getattr(s, name) for s in shards], dim=1), getattr(pw, name)), name
     assert torch.equal(torch.cat([s.dequantize(torch.float64) for s in shards], dim=1), pw.dequantize(torch.float64))
 
@@ -96,8 +96,8 @@ def test_column_shards_give_the_op_bit_for_bit(data, wg, fmt, dtype, world, m):
 def _row_parallel(x, pw, world, order):
     """What the row-parallel layer computes, with the all-reduce's order of summation chosen."""
     amax, kl = token_amax(x), x.shape[1] // world
-    parts = [partial_gemm(*quantize_with_amax(x[:, r * kl:(r + 1) * kl], amax), shard(pw, r, world, 1))
-             for r in range(world)]
+    parts = [partial_gemm(*quantize_slice(x[:, r * kl:(r + 1) * kl], amax, shard(pw, r, world, 1)),
+                          shard(pw, r, world, 1)) for r in range(world)]
     if order == "reversed":
         parts = parts[::-1]
     if order == "tree":
@@ -114,11 +114,13 @@ def test_row_parallel_is_within_the_derived_bound(data, wg, fmt, dtype, world, m
     w = w.repeat(1, world)  # K/world a whole number of groups
     pw = _packed(data, w, group_size, fmt)
     x = activations(torch.Generator().manual_seed(data.draw(st.integers(0, 2**31 - 1))), m, w.shape[1], dtype)
-    xq, a = quantize_activation(x)
+    xq, a = quantize_for(x, pw)
     amax, kl = token_amax(x), x.shape[1] // world
     for r in range(world):  # the integer operands are the unsharded op's, bit for bit
-        xq_r, a_r = quantize_with_amax(x[:, r * kl:(r + 1) * kl], amax)
-        assert torch.equal(xq_r, xq[:, r * kl:(r + 1) * kl]) and torch.equal(a_r, a)
+        xq_r, a_r = quantize_slice(x[:, r * kl:(r + 1) * kl], amax, shard(pw, r, world, 1))
+        jl = a.shape[1] // world if a.dim() == 2 else None  # MIXLLM: this rank's activation groups
+        assert torch.equal(xq_r, xq[:, r * kl:(r + 1) * kl])
+        assert torch.equal(a_r, a if jl is None else a[:, r * jl:(r + 1) * jl])
     y32 = _row_parallel(x, pw, world, order)
     y64 = float64_gemm_quantized(xq, a, pw)
     assert within(y32, y64, row_parallel_tolerance(xq, a, pw, torch.float32, world))  # the float32 sum alone
@@ -226,7 +228,7 @@ def _layer_case(group, size, fraction, fmt, dtype, seed):
     row = RowParallelMixLinear.from_unsharded(plain, group, input_is_parallel=False)
     y = row(x)
     x2 = x.reshape(-1, k)
-    xq, a = quantize_activation(x2)
+    xq, a = quantize_for(x2, plain.packed)
     tol = row_parallel_tolerance(xq, a, plain.packed, dtype, size)
     assert within(y.reshape(-1, n), float64_gemm_quantized(xq, a, plain.packed), tol)
     assert _same_on_every_rank(y, group)
@@ -240,7 +242,7 @@ def _layers_body(rank, world):
     seed = 0
     for group, size in _groups(rank):
         for fraction in (0.0, 0.1, 1.0):
-            for fmt in ("progressive", "groupfloat"):
+            for fmt in ("progressive", "mixllm"):
                 seed += 1
                 _layer_case(group, size, fraction, fmt, (torch.float16, torch.bfloat16)[seed % 2], seed)
     x = activations(torch.Generator().manual_seed(99), 3, 192, torch.float16)
@@ -284,8 +286,8 @@ def _check_row_layers_in_place(full, model, group, size):
     def check(name):
         def hook(module, inputs, output):
             x = torch.cat(_gather(inputs[0], group), dim=-1).reshape(-1, size * module.in_features).half()
-            xq, a = quantize_activation(x)
             pw = full.get_submodule(name).packed
+            xq, a = quantize_for(x, pw)
             y64, tol = float64_gemm_quantized(xq, a, pw), row_parallel_tolerance(xq, a, pw, torch.float16, size)
             assert within(output.reshape(-1, module.out_features).half(), y64, tol), name
         return hook

@@ -122,7 +122,7 @@ def layer_scores(draw):
     return scores, ks
 
 
-@given(layer_scores(), st.floats(0, 1.2), st.sampled_from(["progressive", "groupfloat"]))
+@given(layer_scores(), st.floats(0, 1.2), st.sampled_from(["progressive", "mixllm"]))
 def test_global_bit_budget_is_met_exactly_and_greedily(sk, over, fmt):
     scores, ks = sk
     shapes = {n: (s.numel(), ks[n]) for n, s in scores.items()}

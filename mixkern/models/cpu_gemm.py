@@ -20,6 +20,7 @@ from torch import nn
 from ..format import PackedWeight, WeightFormat
 from ..linear import MixLinear
 from ..quantize.activations import quantize_activation
+from ..reference import mixllm_accumulate
 
 MAX_K = (2**31 - 1) // (127 * 127)  # int32 accumulators cannot overflow below this K
 
@@ -31,11 +32,6 @@ def int_matmul(xq: torch.Tensor, w8: torch.Tensor) -> torch.Tensor:
     return torch._int_mm(xq, w8.T).to(torch.float32)
 
 
-def _fma32(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-    """float32 fused multiply-add with one rounding (a * b is exact in float64)."""
-    return (a.to(torch.float64) * b.to(torch.float64) + c.to(torch.float64)).to(torch.float32)
-
-
 def decoded_rows(pw: PackedWeight) -> dict[str, torch.Tensor]:
     """The int8 operands and float32 scales a gemm needs, decoded once from ``pw``."""
     if pw.format is WeightFormat.PROGRESSIVE:
@@ -43,24 +39,18 @@ def decoded_rows(pw: PackedWeight) -> dict[str, torch.Tensor]:
         w8[pw.idx4.long()] = pw.int8_rows4()
         w8[pw.idx8.long()] = pw.qweight8
         return {"w8": w8, "row_scale": pw.row_scales()}
-    return {"rows4": pw.int8_rows4(), "scales4": pw.scales4.to(torch.float32), "qweight8": pw.qweight8,
-            "scale8": pw.scale8, "idx4": pw.idx4.long(), "idx8": pw.idx8.long()}
+    span = pw.format.act_group_size(pw.group_size)  # MIXLLM: one weight scale per activation group
+    return {"w": pw.int8_rows(), "act_scale": pw.group_scales().repeat_interleave(pw.group_size // span, dim=1)}
 
 
 def gemm_decoded(x: torch.Tensor, d: dict[str, torch.Tensor], n: int, group_size: int) -> torch.Tensor:
     """``mixkern.gemm(x, pw)`` from ``decoded_rows(pw)``; x (M, K) fp16/bf16, y in x's dtype."""
-    xq, a = quantize_activation(x)
-    a = a.to(torch.float32)[:, None]
-    if "w8" in d:
-        return ((int_matmul(xq, d["w8"]) * a) * d["row_scale"][None, :]).to(x.dtype)
-    y = torch.empty(x.shape[0], n, dtype=torch.float32, device=x.device)
-    t = torch.zeros(x.shape[0], d["rows4"].shape[0], dtype=torch.float32, device=x.device)
-    for g, k0 in enumerate(range(0, x.shape[1], group_size)):  # group order, as the format fixes it
-        partial = int_matmul(xq[:, k0:k0 + group_size].contiguous(), d["rows4"][:, k0:k0 + group_size])
-        t = _fma32(partial, d["scales4"][None, :, g], t)
-    y[:, d["idx4"]] = t * a
-    y[:, d["idx8"]] = (int_matmul(xq, d["qweight8"]) * a) * d["scale8"][None, :]
-    return y.to(x.dtype)
+    if "w8" in d:  # progressive: per-token activations, one int32 accumulator over K
+        xq, a = quantize_activation(x)
+        return ((int_matmul(xq, d["w8"]) * a.to(torch.float32)[:, None]) * d["row_scale"][None, :]).to(x.dtype)
+    span = WeightFormat.MIXLLM.act_group_size(group_size)
+    xq, a = quantize_activation(x, group_size=span)
+    return mixllm_accumulate(xq, a, d["w"], d["act_scale"], span, int_matmul).to(x.dtype)
 
 
 class CPUMixLinear(MixLinear):

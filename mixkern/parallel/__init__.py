@@ -41,11 +41,11 @@ row-parallel numerics), :mod:`.hf` (``shard_model``, ``load_sharded`` for Huggin
 Llama/Qwen2-style models).
 """
 from .hf import LayerPlan, load_sharded, plan_layers, shard_model
-from .layers import (ColumnParallelMixLinear, RowParallelMixLinear, partial_gemm, quantize_with_amax,
+from .layers import (ColumnParallelMixLinear, RowParallelMixLinear, partial_gemm, quantize_slice, quantize_with_amax,
                      row_parallel_gemm, row_parallel_tolerance, token_amax)
 from .sharding import COLUMN, ROW, ShardPlan, shard, shard_layer, shard_plan
 
 __all__ = ["shard", "shard_layer", "shard_plan", "ShardPlan", "COLUMN", "ROW",
            "ColumnParallelMixLinear", "RowParallelMixLinear", "row_parallel_gemm", "row_parallel_tolerance",
-           "partial_gemm", "quantize_with_amax", "token_amax",
+           "partial_gemm", "quantize_slice", "quantize_with_amax", "token_amax",
            "shard_model", "load_sharded", "plan_layers", "LayerPlan"]

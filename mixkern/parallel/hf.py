@@ -109,8 +109,10 @@ def _read_layer(f, name: str, info: dict, plan: LayerPlan, rank: int, world: int
     idx4, idx8 = (check(prefix + field, f.get_tensor(prefix + field)) for field in ("idx4", "idx8"))
     if idx8.tolist() != info["eight_bit_features"]:
         raise ValueError(f"layer {name}'s 8-bit features differ from the checkpoint's config")
-    where = shard_plan(info["shape"], info["group_size"], idx4, idx8, plan.block(rank, world), plan.blocks, plan.dim)
-    packed = _packed(where, info["group_size"], WeightFormat.parse(info["format"]),
+    fmt = WeightFormat.parse(info["format"])
+    where = shard_plan(info["shape"], info["group_size"], idx4, idx8, plan.block(rank, world), plan.blocks, plan.dim,
+                       fmt)
+    packed = _packed(where, info["group_size"], fmt,
                      lambda field, index: f.get_slice(prefix + field)[index])
     return packed, f.get_slice(prefix + "bias")[where.bias] if info["bias"] else None
 

@@ -6,10 +6,10 @@ import torch
 import torch.distributed as dist
 
 from .._checks import ACTIVATION_DTYPES, check_tensor
-from ..format import PackedWeight
+from ..format import PackedWeight, WeightFormat
 from ..linear import MixLinear
 from ..quantize.activations import quantize_activation, token_amax
-from ..reference import FP32_EPS, OUT_EPS, float64_gemm_quantized, reference_gemm_quantized, tolerance
+from ..reference import FP32_EPS, OUT_EPS, float64_gemm_quantized, quantize_for, reference_gemm_quantized, tolerance
 from .sharding import COLUMN, ROW, _block, shard, shard_layer
 
 
@@ -17,6 +17,14 @@ def quantize_with_amax(x: torch.Tensor, amax: torch.Tensor) -> tuple[torch.Tenso
     """(xq, a) of a K slice ``x`` quantized with the scale of whole tokens whose max |x| is ``amax``:
     the same rule, so the slice's codes equal the unsharded quantization's."""
     return quantize_activation(x, check=False, amax=amax.to(torch.float32))
+
+
+def quantize_slice(x: torch.Tensor, amax: torch.Tensor, packed: PackedWeight) -> tuple[torch.Tensor, torch.Tensor]:
+    """(xq, a) of this rank's K slice, equal to the unsharded quantization's slice: per token
+    with the whole token's ``amax``; MIXLLM per (token, group), groups lying inside the slice."""
+    if packed.format is WeightFormat.MIXLLM:
+        return quantize_for(x, packed, check=False)
+    return quantize_with_amax(x, amax)
 
 
 def partial_gemm(xq: torch.Tensor, a: torch.Tensor, packed: PackedWeight) -> torch.Tensor:
@@ -37,7 +45,7 @@ def row_parallel_gemm(x: torch.Tensor, packed: PackedWeight, process_group=None)
     if x.device.type == "cpu" and not bool(torch.isfinite(amax).all()):  # every rank sees the same amax: all raise
         bad = int((~torch.isfinite(amax)).nonzero()[0])
         raise ValueError(f"x contains NaN or Inf (token {bad}, on at least one rank)")
-    y = partial_gemm(*quantize_with_amax(x, amax), packed)
+    y = partial_gemm(*quantize_slice(x, amax, packed), packed)
     dist.all_reduce(y, op=dist.ReduceOp.SUM, group=process_group)
     return y.to(x.dtype)
 
@@ -45,7 +53,10 @@ def row_parallel_gemm(x: torch.Tensor, packed: PackedWeight, process_group=None)
 def row_parallel_tolerance(xq: torch.Tensor, a: torch.Tensor, packed: PackedWeight, out_dtype: torch.dtype,
                            world_size: int) -> torch.Tensor:
     """Elementwise bound on |y - y_float64| of the row-parallel op over ``world_size`` ranks
-    (the package docstring derives it); xq, a and ``packed`` are the unsharded operands."""
+    (the package docstring derives it); xq, a and ``packed`` are the unsharded operands.
+    MIXLLM's own bound already allows any order of its per-group sum, ranks' partials included."""
+    if packed.format is WeightFormat.MIXLLM:
+        return tolerance(xq, a, packed, out_dtype)
     gamma = (world_size - 1) * FP32_EPS / (1 - (world_size - 1) * FP32_EPS)
     part_tol = part_mag = 0
     for rank in range(world_size):

@@ -38,9 +38,10 @@ def _block(size: int, rank: int, world_size: int, unit: int, what: str) -> tuple
 
 
 def shard_plan(shape, group_size: int, idx4: torch.Tensor, idx8: torch.Tensor, rank: int, world_size: int,
-               dim: int) -> ShardPlan:
+               dim: int, format: WeightFormat = WeightFormat.PROGRESSIVE) -> ShardPlan:
     """The :class:`ShardPlan` of ``rank``'s shard; dim 0 splits output features into equal
-    blocks (N % world_size must be 0), dim 1 splits K at group boundaries."""
+    blocks (N % world_size must be 0), dim 1 splits K at group boundaries (MIXLLM's 8-bit
+    scales are per K-group, so they split with K; PROGRESSIVE's are per row)."""
     n, k = shape
     every = (slice(None),)
     if dim == COLUMN:
@@ -56,7 +57,8 @@ def shard_plan(shape, group_size: int, idx4: torch.Tensor, idx8: torch.Tensor, r
     g0, g1 = k0 // group_size, k1 // group_size
     slices = {"qweight4": (slice(None), slice(k0 // 2, k1 // 2)), "zeros4": (slice(None), slice(g0, g1)),
               "scales4": (slice(None), slice(g0, g1)), "qweight8": (slice(None), slice(k0, k1)),
-              "chan_scale4": every, "scale8": every}
+              "chan_scale4": every,
+              "scale8": (slice(None), slice(g0, g1)) if format is WeightFormat.MIXLLM else every}
     return ShardPlan((n, k1 - k0), idx4, idx8, slices, every)
 
 
@@ -86,6 +88,6 @@ def shard(packed: PackedWeight, rank: int, world_size: int, dim: int) -> PackedW
 def shard_layer(packed: PackedWeight, bias: torch.Tensor | None, rank: int, world_size: int,
                 dim: int) -> tuple[PackedWeight, torch.Tensor | None]:
     """:func:`shard` and the bias that goes with it (column: this block's; row: the whole bias)."""
-    plan = shard_plan(packed.shape, packed.group_size, packed.idx4, packed.idx8, rank, world_size, dim)
+    plan = shard_plan(packed.shape, packed.group_size, packed.idx4, packed.idx8, rank, world_size, dim, packed.format)
     local = _packed(plan, packed.group_size, packed.format, lambda name, index: _own(getattr(packed, name)[index]))
     return local, None if bias is None else _own(bias.detach()[plan.bias])
