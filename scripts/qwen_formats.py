@@ -1,0 +1,61 @@
+"""Qwen2.5-Coder-1.5B: the progressive format (per-token activations) against mixllm (per
+(token, group of 128) activations, fp16 group scales), at the same 8-bit features.
+
+    python scripts/qwen_formats.py --salience FILE [--windows 16] [--seq-len 512]
+
+Same held-out windows, calibration and salience as ``python -m mixkern.eval --model
+qwen2.5-1.5b --table --salience FILE`` (give that run's file: the global 10% features are
+chosen once, by the MixLLM estimator, and used for both formats, so only the format
+differs).  Prints W4A8 0% and global 10% per format, with each mixllm row's difference to
+the progressive row paired over the windows.  Time on 2 CPU cores: load and fp reference
+~7 min, each progressive row ~4 min for 16 windows; each mixllm row runs the format's exact
+per-group fp32 FMA chain (70 groups in down_proj) and took over 4 min for its first window,
+so on a CPU use ``--windows 4`` (the comparison is paired, window by window).
+"""
+
+import argparse
+import sys
+
+import torch
+
+
+def main() -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--salience", required=True, help="the eval table's salience file (mixllm and fisher estimators)")
+    p.add_argument("--windows", type=int, default=16)
+    p.add_argument("--seq-len", type=int, default=512)
+    p.add_argument("--calib-seqs", type=int, default=16)
+    args = p.parse_args()
+    from mixkern.eval import Row, _measure, _swap_back, paired, window_losses
+    from mixkern.models.evaluate import cached_salience, data
+    from mixkern.models.qwen import load_qwen
+    from mixkern.quantize.salience import all_precisions, quantizable_linears
+
+    model, tokenizer = load_qwen("fp32")
+    held, calib = data(tokenizer, "austen", "austen", args.windows, args.calib_seqs, args.seq_len)
+    key = {"text": "austen", "calib": "austen", "calib_seqs": len(calib), "seq_len": args.seq_len,
+           "estimators": ["mixllm", "fisher"], "dtype": "torch.float32"}
+    salience, _, _ = cached_salience(args.salience, key, lambda: sys.exit("no salience file: run the eval table first"))
+    layers = quantizable_linears(model)
+    fp = Row("fp reference", 32.0, window_losses(model, held, 1, "fp reference"))
+    rows = {}
+    for fmt in ("progressive", "mixllm"):
+        packs = {n: all_precisions(m.weight, 128, fmt) for n, m in layers.items()}
+        for label, fraction in (("W4A8 g128, 0% 8-bit", 0.0), ("MixLLM global 10%", 0.10)):
+            rows[fmt, label] = _measure(model, held, f"{label} [{fmt}]", {"fraction": fraction, "format": fmt},
+                                        salience["mixllm"], packs, 1, "mixllm")
+            _swap_back(model, layers)
+    print(f"\nQwen2.5-Coder-1.5B, {len(held)} x {args.seq_len} held-out Austen tokens; fp reference "
+          f"(dequantized GGUF, fp32) perplexity {fp.ppl:.4f}; 8-bit features chosen once (MixLLM estimator)\n")
+    print("| configuration | format (activations) | bits/weight | perplexity | Δ vs fp ± SE | mixllm − progressive ± SE |")
+    print("|---|---|---:|---:|---:|---:|")
+    for (fmt, label), r in rows.items():
+        acts = "per token" if fmt == "progressive" else "per (token, group of 128)"
+        vs = "" if fmt == "progressive" else "{:+.4f} ± {:.4f}".format(*paired(r, rows["progressive", label]))
+        print(f"| {label} | {fmt} ({acts}) | {r.bits:.3f} | {r.ppl:.4f} | "
+              "{:+.4f} ± {:.4f} | ".format(*paired(r, fp)) + f"{vs} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
