@@ -48,7 +48,6 @@ from torch import nn
 
 from .format import PackedWeight
 from .linear import MixLinear
-from .ops import gemm
 
 DEFAULT_GROUPS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
 
@@ -91,11 +90,9 @@ class FusedMixLinear(MixLinear):
         return r.out[..., start:stop]
 
     def _own_rows(self, x: torch.Tensor, part: int) -> torch.Tensor:
-        """One part alone, for inputs whose version cannot be checked: MixLinear's math on its rows."""
-        rows = self.packed.split_rows(self.sizes, self.eight_bit_counts, check=False)[part]
-        dtype = x.dtype if x.dtype in (torch.float16, torch.bfloat16) else torch.float16  # as MixLinear
-        y = gemm(x.reshape(-1, self.in_features).to(dtype), rows)
-        return y.reshape(*x.shape[:-1], rows.out_features).to(x.dtype)
+        """One part alone, for inputs whose version cannot be checked: a MixLinear over its rows
+        (views of the fused buffers, no copy), so the math is MixLinear's own."""
+        return MixLinear(self.packed.split_rows(self.sizes, self.eight_bit_counts, check=False)[part])(x)
 
     def parts(self) -> list[PackedWeight]:
         """The siblings' own weights again (validated)."""

@@ -50,14 +50,20 @@ def group_partial_sums(xq: torch.Tensor, w8: torch.Tensor, group_size: int) -> t
     return torch.bmm(xg, wg.transpose(1, 2)).permute(1, 2, 0)  # (M, N, G)
 
 
+def act_group_weight_scales(pw: PackedWeight) -> tuple[torch.Tensor, int]:
+    """MIXLLM: (each row's weight scale per activation group, float32 (N, J), the group A):
+    a weight group of 256 covers two activation groups of 128."""
+    span = pw.format.act_group_size(pw.group_size)
+    return pw.group_scales().repeat_interleave(pw.group_size // span, dim=1), span
+
+
 def _act_scales(a: torch.Tensor, pw: PackedWeight) -> tuple[torch.Tensor, torch.Tensor, int]:
     """MIXLLM: (a (M, J) float32, weight scales per activation group (N, J) float32, A)."""
     span = pw.format.act_group_size(pw.group_size)
     if a.dim() != 2 or a.shape[1] * span != pw.in_features:
         raise ValueError(f"{pw.format.value} needs per-(token, group of {span}) activation scales of shape "
                          f"(M, {pw.in_features // span}); got {tuple(a.shape)} (quantize_activation(x, group_size={span}))")
-    s = pw.group_scales().repeat_interleave(pw.group_size // span, dim=1)
-    return a.to(torch.float32), s, span
+    return (a.to(torch.float32), *act_group_weight_scales(pw))
 
 
 def mixllm_accumulate(xq: torch.Tensor, a: torch.Tensor, w: torch.Tensor, s: torch.Tensor, span: int,

@@ -238,7 +238,7 @@ def gemm_flat(x: torch.Tensor, idx4, idx8, qweight4, zeros4, scales4, chan_scale
             "or run this op on CPU")
     m, k = x.shape
     device = x.device
-    arch = arch or os.environ.get("MIXKERN_ARCH") or _native_arch(device)
+    arch = arch or arch_of(device)
     has4 = idx4.shape[0] > 0
     if schedule is None:
         plan = _picked_plan(arch, device, m, n, k, group_size, idx8.shape[0], has4, x.dtype)

@@ -20,7 +20,7 @@ from torch import nn
 from ..format import PackedWeight, WeightFormat
 from ..linear import MixLinear
 from ..quantize.activations import quantize_activation
-from ..reference import mixllm_accumulate
+from ..reference import act_group_weight_scales, mixllm_accumulate
 
 MAX_K = (2**31 - 1) // (127 * 127)  # int32 accumulators cannot overflow below this K
 
@@ -39,8 +39,8 @@ def decoded_rows(pw: PackedWeight) -> dict[str, torch.Tensor]:
         w8[pw.idx4.long()] = pw.int8_rows4()
         w8[pw.idx8.long()] = pw.qweight8
         return {"w8": w8, "row_scale": pw.row_scales()}
-    span = pw.format.act_group_size(pw.group_size)  # MIXLLM: one weight scale per activation group
-    return {"w": pw.int8_rows(), "act_scale": pw.group_scales().repeat_interleave(pw.group_size // span, dim=1)}
+    scales, _ = act_group_weight_scales(pw)  # MIXLLM: one weight scale per activation group
+    return {"w": pw.int8_rows(), "act_scale": scales}
 
 
 def gemm_decoded(x: torch.Tensor, d: dict[str, torch.Tensor], n: int, group_size: int) -> torch.Tensor:

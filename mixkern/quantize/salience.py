@@ -150,11 +150,9 @@ class _Tap:
         return self.d4_stored.float() / self.d4_scale
 
     def d8(self) -> torch.Tensor:
-        """The all-8-bit error, rebuilt per batch (rows of the all-8-bit pack are in feature
-        order; q8 * s8 in float32 rounds once, as the pack's float64 dequantize does)."""
-        s8 = self.all8.scale8.float()  # progressive: (N,); mixllm: (N, groups), one scale per K-group
-        s8 = s8[:, None] if s8.dim() == 1 else s8.repeat_interleave(self.all8.group_size, dim=1)
-        return self.all8.qweight8.float() * s8 - self.layer.weight.detach().float()
+        """The all-8-bit error, rebuilt per batch rather than held (as :func:`packed_errors`
+        computes it: the pack's own dequantization, any format)."""
+        return self.all8.dequantize(torch.float32) - self.layer.weight.detach().float()
 
     def forward_hook(self, module, inputs, output):
         self.calls += 1
