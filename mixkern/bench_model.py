@@ -13,6 +13,13 @@ tokens, so the KV cache has a fixed address) eager, under ``torch.compile(mode=
 "reduce-overhead")`` and as a manually captured CUDA graph of one step; prefill of
 ``--prefill`` tokens (batch 1) and Hugging Face ``generate()`` (greedy), eager.  A mode that
 fails reports ``failed: <reason>`` in its cell and the others still run.
+
+Where the step is not dominated by the linears (few ``--layers``: the fp16 ``lm_head``; long
+contexts: attention) or eager mode is host-bound, tokens/s alone hide what the kernels do, so
+mode ``linears`` adds a second table per decode batch (and prefill): the same decoder-layer
+linears called back to back in one CUDA graph (their GPU time, no host overhead), fp16 against
+mixkern, their share of the whole step's GPU time (the CUDA-graph step), the fp16 ``lm_head``
+on its own, and the host's time to issue one eager step.
 """
 
 from __future__ import annotations
@@ -41,7 +48,8 @@ SERVING = {  # preset -> (architecture, vocabulary, decoder layers): what shapes
 }
 TINY = DecoderConfig(hidden=256, intermediate=512, heads=4, kv_heads=2, head_dim=64)  # CPU tests: the reference op
 FRACTION_8BIT = 0.10
-MODES = ("eager", "compile", "graph", "prefill", "generate")
+ROW_MODES = ("eager", "compile", "graph", "prefill", "generate")  # the tokens/s table's rows
+MODES = (*ROW_MODES, "linears")  # linears: the linear-layer share table (linears_rows)
 DECODE_MODES = ("eager", "compile", "graph")
 WARM_CALLS = 3  # calls before timing: lazy cache allocation, compilation, CUDA-graph recording
 
@@ -143,9 +151,10 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _per_call(fn, calls: int, reps: int, device: torch.device, before=None) -> float:
+def _per_call(fn, calls: int, reps: int, device: torch.device, before=None, host_only: bool = False) -> float:
     """Median over ``reps`` runs of wall seconds per call, ``calls`` calls back to back, the
-    device synced at both ends: what a serving loop sees, host overhead included."""
+    device synced at both ends: what a serving loop sees, host overhead included.  With
+    ``host_only`` the clock stops when the last call is *issued*, before the final sync."""
     times = []
     for _ in range(reps):
         if before:
@@ -154,8 +163,10 @@ def _per_call(fn, calls: int, reps: int, device: torch.device, before=None) -> f
         t0 = time.perf_counter()
         for _ in range(calls):
             fn()
-        _sync(device)
+        if not host_only:
+            _sync(device)
         times.append((time.perf_counter() - t0) / calls)
+        _sync(device)
     return statistics.median(times)
 
 
@@ -194,10 +205,12 @@ def _graph_step(eager, rewind):
     return graph.replay
 
 
-def decode_seconds(model: nn.Module, batch: int, spec: Spec, how: str) -> float:
-    """Seconds per decode step: ``batch`` sequences, one new token each, against a StaticCache
-    holding ``spec.context`` tokens (rewound before every timed run).  ``how``: eager, compile
-    or graph.  Attention reads the whole static cache, as compiled serving loops do."""
+def _decode_step(model: nn.Module, batch: int, spec: Spec):
+    """(step, rewind, kwargs): one eager decode step of ``batch`` sequences, one new token each,
+    against a StaticCache holding ``spec.context`` tokens, the rewind to that length (the cache
+    has room for ``max(spec.steps, WARM_CALLS)`` steps after it) and the step's model arguments.
+    Shared by every decode timing so that all of them time the same step; runs one step (the
+    cache's lazy allocation)."""
     from transformers import StaticCache
     device = next(model.parameters()).device
     cache = StaticCache(config=model.config, max_cache_len=spec.context + max(spec.steps, WARM_CALLS) + 1)
@@ -211,6 +224,15 @@ def decode_seconds(model: nn.Module, batch: int, spec: Spec, how: str) -> float:
         _set_length(cache, spec.context)
     eager()  # allocates the cache
     rewind()
+    return eager, rewind, kwargs
+
+
+def decode_seconds(model: nn.Module, batch: int, spec: Spec, how: str) -> float:
+    """Seconds per decode step: ``batch`` sequences, one new token each, against a StaticCache
+    holding ``spec.context`` tokens (rewound before every timed run).  ``how``: eager, compile
+    or graph.  Attention reads the whole static cache, as compiled serving loops do."""
+    device = next(model.parameters()).device
+    eager, rewind, kwargs = _decode_step(model, batch, spec)
     step = {"eager": lambda: eager, "compile": lambda: _compiled_step(model, kwargs),
             "graph": lambda: _graph_step(eager, rewind)}[how]()
     rewind()
@@ -219,16 +241,22 @@ def decode_seconds(model: nn.Module, batch: int, spec: Spec, how: str) -> float:
     return _per_call(step, spec.steps, spec.reps, device, before=rewind)
 
 
-def prefill_seconds(model: nn.Module, spec: Spec) -> float:
-    """Seconds to prefill ``spec.prefill`` tokens of one sequence into a fresh cache (last logits only)."""
+def _prefill_step(model: nn.Module, spec: Spec):
+    """One eager prefill of ``spec.prefill`` tokens of one sequence into a fresh cache (last logits only)."""
     from transformers import DynamicCache
     device = next(model.parameters()).device
     ids = torch.randint(model.config.vocab_size, (1, spec.prefill), device=device)
 
     def step():
         model(input_ids=ids, past_key_values=DynamicCache(config=model.config), use_cache=True, logits_to_keep=1)
+    return step
+
+
+def prefill_seconds(model: nn.Module, spec: Spec) -> float:
+    """Seconds to prefill ``spec.prefill`` tokens of one sequence into a fresh cache (last logits only)."""
+    step = _prefill_step(model, spec)
     step()
-    return _per_call(step, 1, spec.reps, device)
+    return _per_call(step, 1, spec.reps, next(model.parameters()).device)
 
 
 def generate_seconds(model: nn.Module, spec: Spec) -> float:
@@ -255,7 +283,7 @@ def measure(model: nn.Module, spec: Spec, modes=None) -> dict[tuple[str, int], f
     (``failed: <reason>``, ``n/a (CPU)``): a failing mode never stops the others."""
     device = next(model.parameters()).device
     out = {}
-    for mode in modes or spec.modes:
+    for mode in (m for m in modes or spec.modes if m in ROW_MODES):
         for batch in spec.batches if mode in DECODE_MODES else (1,):
             if mode == "graph" and device.type != "cuda":
                 out[mode, batch] = "n/a (CPU)"
@@ -277,6 +305,89 @@ def measure(model: nn.Module, spec: Spec, modes=None) -> dict[tuple[str, int], f
             v = out[mode, batch]
             print(f"  {mode} batch {batch}: " + (f"{v * 1e3:.3f} ms a forward" if isinstance(v, float) else v)
                   + f" ({time.perf_counter() - t0:.1f}s)", file=sys.stderr, flush=True)
+    return out
+
+
+def host_seconds(model: nn.Module, mode: str, batch: int, spec: Spec) -> float:
+    """CPU seconds per eager step (``mode`` decode or prefill) to *issue* it: the steps of a
+    timed run back to back, as in the eager row, the clock stopped before waiting for the device
+    (median of ``spec.reps`` runs): Python, transformers' bookkeeping, dispatch and launches.  An
+    eager step takes about max(host, GPU), so where this is near the eager row and above the
+    CUDA graph's step, the eager row measures the host, not the kernels.  When the GPU is the
+    slower one, the launch queue fills and this rises towards the GPU time (the step was
+    GPU-bound anyway).  On CPU the op computes as it is issued: this is the whole step."""
+    device = next(model.parameters()).device
+    if mode == "prefill":
+        step, rewind, calls = _prefill_step(model, spec), None, WARM_CALLS
+    else:
+        step, rewind, _ = _decode_step(model, batch, spec)
+        calls = spec.steps
+    for _ in range(WARM_CALLS):
+        step()
+    return _per_call(step, calls, spec.reps, device, before=rewind, host_only=True)
+
+
+def modules_seconds(calls: list[tuple[nn.Module, int]], device: torch.device, spec: Spec) -> float:
+    """Seconds to run every ``(module, rows)`` of ``calls`` on a ``(rows, in_features)`` fp16
+    input, back to back: replays of one CUDA graph on a GPU (the modules' GPU time with no host
+    overhead, which the eager rows include), eager calls on CPU.  Modules of one input width
+    share one input tensor, as q/k/v and gate/up share theirs in the forward, so fused
+    projections (ProjectionSlice) compute one GEMM per group, as in the model."""
+    inputs: dict[tuple[int, int], torch.Tensor] = {}
+    for m, rows in calls:
+        if (rows, m.in_features) not in inputs:
+            inputs[rows, m.in_features] = torch.randn(rows, m.in_features, dtype=torch.float16, device=device)
+
+    def step():
+        for m, rows in calls:
+            m(inputs[rows, m.in_features])
+    step()
+    if device.type == "cuda":
+        step = _graph_step(step, lambda: None)
+    for _ in range(WARM_CALLS):
+        step()
+    return _per_call(step, spec.steps, spec.reps, device)
+
+
+def linear_names(model: nn.Module) -> list[str]:
+    """The decoder-layer linears' qualified names in module order, read off the fp16 model.  After
+    quantization (and fusion) the same names resolve to MixLinears (or ProjectionSlices of one
+    fused GEMM), so both models' linears are timed as their forwards call them, biases included."""
+    from .quantize.salience import quantizable_linears
+    return list(quantizable_linears(model))
+
+
+def breakdown(model: nn.Module, names: list[str], spec: Spec, head: bool = True) -> dict:
+    """{(step, batch): {"linears", "lm_head", "host": seconds or the cell's text}} for every
+    decode batch (step "decode") and, when prefill is measured, ("prefill", 1): the parts the
+    linear-layer table is made of.  ``lm_head`` (fp16 in both models) only when ``head``.  The
+    head gets ``batch`` rows in both steps (decode: one token a sequence; prefill keeps the
+    last token's logits); the decoder linears get ``batch`` or ``spec.prefill`` rows."""
+    device = next(model.parameters()).device
+    linears = [model.get_submodule(n) for n in names]
+    plan = [("decode", b) for b in spec.batches] + ([("prefill", 1)] if "prefill" in spec.modes else [])
+    out = {}
+    for step, batch in plan:
+        rows = spec.prefill if step == "prefill" else batch
+        parts = {"linears": lambda: modules_seconds([(m, rows) for m in linears], device, spec),
+                 "lm_head": lambda: modules_seconds([(model.get_output_embeddings(), batch)], device, spec),
+                 "host": lambda: host_seconds(model, step, batch, spec)}
+        cell = out[step, batch] = {}
+        for key, fn in parts.items():
+            if key == "lm_head" and not head:
+                continue
+            try:
+                with torch.no_grad():
+                    cell[key] = fn()
+            except Exception as e:  # noqa: BLE001 -- one cell's failure, reported in the table
+                cell[key] = _one_line(e)
+            finally:
+                gc.collect()
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+        print(f"  {step} batch {batch}: " + ", ".join(
+            f"{k} " + (f"{v * 1e3:.3f} ms" if isinstance(v, float) else v) for k, v in cell.items()),
+            file=sys.stderr, flush=True)
     return out
 
 
@@ -304,16 +415,20 @@ def _warmup(model: nn.Module, device: torch.device, max_tokens: int) -> None:
         print(f"mixkern.warmup {_one_line(e)}; kernels compile at first use", file=sys.stderr)
 
 
-def run(config, device, spec: Spec, fuse: bool = True) -> tuple[list[dict], dict]:
+def run(config, device, spec: Spec, fuse: bool = True) -> tuple[list[dict], list[dict], dict]:
     """Measure fp16, quantize in place, measure mixkern (unfused eager decode too when fusing).
-    Returns the rows of :func:`table` and facts for its header."""
+    Returns the rows of :func:`table`, those of :func:`linears_table` (mode ``linears``) and
+    facts for the header."""
     import mixkern
     t0 = time.perf_counter()
     model = build_model(config, device)
+    names = linear_names(model)
+    parts = "linears" in spec.modes
     info = {"layers": config.num_hidden_layers, "fp16_bytes": _linear_bytes(model)}
     t0 = _stage(f"built {type(model).__name__} ({config.num_hidden_layers} layers) on {device}", t0)
     print("fp16:", file=sys.stderr)
     fp16 = measure(model, spec)
+    fp16_parts = breakdown(model, names, spec) if parts else {}
     t0 = _stage("fp16 measured", t0)
     info["quantized"] = quantize_decoder(model)
     info["mixkern_bytes"] = _linear_bytes(model)
@@ -329,11 +444,49 @@ def run(config, device, spec: Spec, fuse: bool = True) -> tuple[list[dict], dict
         _warmup(model, device, max_tokens)  # fused shapes may pick other schedules
     print(f"mixkern{', fused' if fuse else ''}:", file=sys.stderr)
     mix = measure(model, spec)
+    mix_parts = breakdown(model, names, spec, head=False) if parts else {}
     _stage("mixkern measured", t0)
     rows = [{"mode": mode, "batch": batch, "tokens": spec.prefill if mode == "prefill" else batch,
              "fp16": fp16[mode, batch], "mixkern": mix[mode, batch], "unfused": unfused.get((mode, batch))}
             for mode, batch in fp16]
-    return rows, info
+    return rows, linears_rows(rows, fp16_parts, mix_parts, spec, device.type == "cuda"), info
+
+
+def _ratio(a, b) -> float | None:
+    return a / b if isinstance(a, float) and isinstance(b, float) else None
+
+
+def linears_rows(rows: list[dict], fp16_parts: dict, mix_parts: dict, spec: Spec, gpu: bool) -> list[dict]:
+    """One row per entry of :func:`breakdown`: both models' linears and host seconds, the fp16
+    lm_head, the whole step they are a share of, and eager minus graph.  The whole step is the
+    CUDA-graph row's (GPU time alone, no host overhead: what the linears' GPU time is a share of),
+    the eager row's where no graph was timed (prefill, CPU).  Shares count the decoder linears
+    only; lm_head (fp16 in both models) has its own.  A missing or failed cell stays text/None."""
+    by = {(r["mode"], r["batch"]): r for r in rows}
+    out = []
+    for (step, batch), f in fp16_parts.items():
+        m = mix_parts.get((step, batch), {})
+        eager = by.get(("prefill" if step == "prefill" else "eager", batch), {})
+        graph = by.get(("graph", batch), {}) if step == "decode" else {}
+        on_graph = all(isinstance(graph.get(k), float) for k in ("fp16", "mixkern"))
+        whole = graph if on_graph else eager
+        row = {"step": step, "batch": batch, "tokens": spec.prefill if step == "prefill" else batch,
+               "linears_timed": "graph" if gpu else "eager",
+               "step_timed": "graph" if on_graph else "eager" if whole else None,
+               "fp16_linears_s": f.get("linears"), "mixkern_linears_s": m.get("linears"),
+               "linears_speedup": _ratio(f.get("linears"), m.get("linears")), "lm_head_s": f.get("lm_head")}
+        for name, p in (("fp16", f), ("mixkern", m)):
+            row[f"{name}_step_s"] = whole.get(name)
+            row[f"{name}_linear_share"] = _ratio(p.get("linears"), whole.get(name))
+            row[f"{name}_lm_head_share"] = _ratio(f.get("lm_head"), whole.get(name))
+        for name, p in (("fp16", f), ("mixkern", m)):
+            row[f"{name}_host_s"] = p.get("host")
+        for name in ("fp16", "mixkern"):
+            e, g = eager.get(name), graph.get(name)
+            row[f"{name}_eager_minus_graph_s"] = (e - g if isinstance(e, float) and isinstance(g, float)
+                                                  else g if isinstance(g, str) else None)
+        out.append(row)
+    return out
 
 
 def _label(mode: str, spec: Spec) -> str:
@@ -364,13 +517,43 @@ def table(rows: list[dict], spec: Spec, layers: int) -> str:
     return "\n".join(lines)
 
 
-def plot(rows: list[dict], spec: Spec, path: str, title: str) -> None:
+def _ms(v) -> str:
+    return f"{v * 1e3:.3f}" if isinstance(v, float) else (v or "-")
+
+
+def _timed_as(r: dict) -> str:
+    if r["linears_timed"] == "eager":
+        return "eager (CUDA graph n/a on CPU)"
+    return {"graph": "CUDA graph", "eager": "linears CUDA graph, step eager"}.get(r["step_timed"], "linears CUDA graph")
+
+
+LINEARS_NOTE = ("linears: one step's decoder-layer linears back to back (fp16 nn.Linear / mixkern, fused groups one "
+                "GEMM); lm_head: the fp16 head alone, in both steps and in neither share; share: linears / whole step; "
+                "host: CPU time to issue one eager step, device not awaited; eager-graph: eager step minus CUDA-graph step")
+
+
+def linears_table(lrows: list[dict], spec: Spec) -> str:
+    """Markdown: where a step's time goes, per decode batch (and prefill), in ms per step of the
+    whole model (not per layer): the linears alone, fp16 and mixkern, their speedup and share of
+    the whole step, the lm_head, and the host time an eager step adds.  A note line follows."""
+    head = ("| step | batch | timed as | fp16 linears ms | mixkern linears ms | linears speedup | lm_head ms "
+            "| fp16 step ms | mixkern step ms | fp16 linear share | mixkern linear share | fp16 host ms "
+            "| mixkern host ms | fp16 eager-graph ms | mixkern eager-graph ms |")
+    lines = [head, "|---|---:|---|" + "---:|" * (head.count("|") - 4)]
+    for r in lrows:
+        share = [f"{v:.1%}" if isinstance(v, float) else "-" for v in (r["fp16_linear_share"], r["mixkern_linear_share"])]
+        speedup = f"{r['linears_speedup']:.2f}x" if r["linears_speedup"] else "-"
+        step = f"prefill {spec.prefill} tokens" if r["step"] == "prefill" else "decode"
+        cells = [step, str(r["batch"]), _timed_as(r), _ms(r["fp16_linears_s"]), _ms(r["mixkern_linears_s"]), speedup,
+                 _ms(r["lm_head_s"]), _ms(r["fp16_step_s"]), _ms(r["mixkern_step_s"]), *share,
+                 *(_ms(r[f"{n}_{k}"]) for k in ("host_s", "eager_minus_graph_s") for n in ("fp16", "mixkern"))]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n\n" + LINEARS_NOTE
+
+
+def _plot_rates(ax, rows: list[dict], spec: Spec) -> None:
     """Grouped bars of tokens/s (log scale), fp16 beside mixkern, speedup written above."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     rows = [r for r in rows if isinstance(r["fp16"], float) and isinstance(r["mixkern"], float)]
-    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(rows)), 5))
     xs = range(len(rows))
     for offset, key, name in ((-0.2, "fp16", "fp16"), (0.2, "mixkern", "mixkern W4A8")):
         ax.bar([x + offset for x in xs], [r["tokens"] / r[key] for r in rows], 0.4, label=name)
@@ -381,8 +564,44 @@ def plot(rows: list[dict], spec: Spec, path: str, title: str) -> None:
                   ha="right", fontsize=7)
     ax.set_yscale("log")
     ax.set_ylabel("tokens/s")
-    ax.set_title(title, fontsize=9)
     ax.legend()
+
+
+def _plot_linears(ax, lrows: list[dict]) -> None:
+    """ms per step (linear scale, so bar heights show the shares): each model's whole step (pale)
+    with its linears' part inside (solid), the linear share written above: how much of the step
+    a faster GEMM can move."""
+    keys = ("fp16_linears_s", "mixkern_linears_s", "fp16_step_s", "mixkern_step_s")
+    lrows = [r for r in lrows if all(isinstance(r[k], float) for k in keys)]
+    xs = range(len(lrows))
+    for offset, name, color in ((-0.2, "fp16", "C0"), (0.2, "mixkern", "C1")):
+        pos = [x + offset for x in xs]
+        ax.bar(pos, [r[f"{name}_step_s"] * 1e3 for r in lrows], 0.4, color=color, alpha=0.3, label=f"{name} step")
+        ax.bar(pos, [r[f"{name}_linears_s"] * 1e3 for r in lrows], 0.4, color=color, label=f"{name} linears")
+        for x, r in zip(pos, lrows):
+            ax.annotate(f"{r[f'{name}_linear_share']:.0%}", (x, r[f"{name}_step_s"] * 1e3), ha="center",
+                        va="bottom", fontsize=7)
+    ax.set_xticks(list(xs), [f"{r['step']}\nbatch {r['batch']}" if r["step"] == "decode" else f"prefill\n{r['tokens']}"
+                             for r in lrows], fontsize=7)
+    ax.set_ylabel("ms per step (linears inside the whole step)")
+    ax.legend(fontsize=7)
+
+
+def plot(rows: list[dict], spec: Spec, path: str, title: str, lrows: list[dict] = ()) -> None:
+    """Tokens/s bars per mode; beside them, when the linears were measured, ms per step with the
+    linears' part of each step."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    width = max(6, 1.1 * len(rows))
+    if lrows:
+        fig, (ax, ax2) = plt.subplots(1, 2, figsize=(width + max(5, 1.2 * len(lrows)), 5),
+                                      gridspec_kw={"width_ratios": [width, max(5, 1.2 * len(lrows))]})
+        _plot_linears(ax2, lrows)
+    else:
+        fig, ax = plt.subplots(figsize=(width, 5))
+    _plot_rates(ax, rows, spec)
+    fig.suptitle(title, fontsize=9)
     fig.savefig(path, dpi=120, bbox_inches="tight")
 
 
@@ -419,17 +638,20 @@ def main(args: argparse.Namespace) -> int:
     except ValueError as e:
         return error(e)
     spec = Spec(tuple(args.batches), args.context, args.prefill, steps=args.steps, modes=tuple(args.modes))
-    rows, info = run(config, device, spec, args.fuse)
+    rows, lrows, info = run(config, device, spec, args.fuse)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     title = (f"{args.model}, tp {args.tp} (one rank), {info['layers']} layers, context {spec.context}, "
              f"{FRACTION_8BIT:.0%} 8-bit rows{', fused' if args.fuse else ''}; {name}")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"title": title, "spec": asdict(spec), **info, "rows": rows}, f, indent=1)
+            json.dump({"title": title, "spec": asdict(spec), **info, "rows": rows, "linears": lrows}, f, indent=1)
     if args.plot:
-        plot(rows, spec, args.plot, title)
+        plot(rows, spec, args.plot, title, lrows)
     import transformers
     print(f"\n{title}\ntorch {torch.__version__}, transformers {transformers.__version__}; decoder linears "
           f"{info['fp16_bytes'] / 1e6:,.1f} MB fp16 -> {info['mixkern_bytes'] / 1e6:,.1f} MB mixkern\n")
     print(table(rows, spec, info["layers"]))
+    if lrows:
+        print(f"\nWhere a step's time goes (ms per step, all {info['layers']} layers):\n")
+        print(linears_table(lrows, spec))
     return 0

@@ -31,11 +31,14 @@ def _expected(c: DecoderConfig, tp: int) -> dict[str, tuple[int, int]]:
 
 
 def test_tiny_run_end_to_end(capsys, tmp_path):
-    """Every mode runs and lands in the table; CUDA graphs say n/a on CPU; --json holds the rows."""
+    """Every mode runs and lands in the table; CUDA graphs say n/a on CPU; --json holds the rows.
+    Mode linears adds the second table (decode and prefill): positive linears, lm_head, host and
+    step times and shares, eager - graph n/a on CPU, timed eagerly with the CPU note."""
     out = tmp_path / "rows.json"
     assert bench.main(["--model", "tiny", "--batches", "1", "--json", str(out), *SMALL]) == 0
     text = capsys.readouterr().out
-    rows = [ln for ln in text.splitlines() if ln.startswith("| ")][1:]
+    main, linears = text.split("Where a step's time goes")
+    rows = [ln for ln in main.splitlines() if ln.startswith("| ")][1:]
     assert [r.split("|")[1].strip().split()[0] for r in rows] == ["decode"] * 3 + ["prefill", "generate()"]
     assert "n/a (CPU)" in rows[2]
     for r in rows[:2] + rows[3:]:
@@ -44,6 +47,24 @@ def test_tiny_run_end_to_end(capsys, tmp_path):
     saved = json.loads(out.read_text())
     assert saved["quantized"] == 14 and saved["fused_groups"] == 4 and len(saved["rows"]) == 5
     assert saved["mixkern_bytes"] < saved["fp16_bytes"] / 3
+    lrows = [ln for ln in linears.splitlines() if ln.startswith("| ")]
+    assert lrows[0].startswith("| step | batch | timed as | fp16 linears ms | mixkern linears ms | linears speedup")
+    assert "fp16 linear share | mixkern linear share | fp16 host ms | mixkern host ms" in lrows[0]
+    assert [r.split("|")[1].strip() for r in lrows[1:]] == ["decode", "prefill 64 tokens"]
+    assert all("eager (CUDA graph n/a on CPU)" in r and "failed" not in r for r in lrows[1:])
+    assert "lm_head: the fp16 head alone" in linears
+    assert [(r["step"], r["batch"], r["tokens"]) for r in saved["linears"]] == [("decode", 1, 1), ("prefill", 1, 64)]
+    for r in saved["linears"]:
+        assert r["linears_timed"] == "eager" and r["step_timed"] == "eager", r
+        for key in ("fp16_linears_s", "mixkern_linears_s", "linears_speedup", "lm_head_s", "fp16_step_s",
+                    "mixkern_step_s", "fp16_linear_share", "mixkern_linear_share", "fp16_lm_head_share",
+                    "mixkern_lm_head_share", "fp16_host_s", "mixkern_host_s"):
+            assert isinstance(r[key], float) and r[key] > 0, (key, r)
+    decode, prefill = saved["linears"]
+    assert decode["fp16_eager_minus_graph_s"] == decode["mixkern_eager_minus_graph_s"] == "n/a (CPU)"
+    assert prefill["fp16_eager_minus_graph_s"] is None  # no prefill graph
+    eager = next(r for r in saved["rows"] if r["mode"] == "eager")
+    assert decode["fp16_step_s"] == eager["fp16"] and decode["mixkern_step_s"] == eager["mixkern"]
 
 
 @pytest.mark.parametrize("name,tp", [("llama3-70b", 8), ("llama3-8b", 1), ("llama3-8b", 4), ("qwen2.5-7b", 4),
@@ -107,3 +128,62 @@ def test_a_failing_mode_fills_its_cell_and_the_rest_run(monkeypatch):
             for m in ("prefill", "eager")]
     table = bench_model.table(rows, spec, layers=2)
     assert "| 1 | 2.0 | failed: RuntimeError: no luck | - | 250.000 | - |" in table  # 0.5 s / 2 layers
+
+
+def test_linears_time_the_models_own_calls(monkeypatch):
+    """The linears of one step are the forward's: after fusion the fp16 names resolve to slices,
+    and q/k/v and gate/up run one GEMM each (2 layers x 4 GEMMs, not 14), biases included."""
+    model = bench_model.build_model(bench_model.hf_config("tiny"), "cpu")
+    names = bench_model.linear_names(model)
+    assert len(names) == 14 and not any("lm_head" in n for n in names)
+    bench_model.quantize_decoder(model)
+    import mixkern
+    from mixkern import linear
+    assert mixkern.fuse_projections(model) == 4
+    calls = []
+    real = linear.call
+    monkeypatch.setattr(linear, "call", lambda x, args: calls.append(x.shape) or real(x, args))
+    spec = bench_model.Spec(batches=(3,), steps=1, reps=1)
+    mods = [model.get_submodule(n) for n in names]
+    with torch.no_grad():
+        assert bench_model.modules_seconds([(m, 3) for m in mods], torch.device("cpu"), spec) > 0
+    per_step = 2 * 4
+    assert len(calls) == per_step * (1 + bench_model.WARM_CALLS + spec.steps * spec.reps)
+    assert all(shape[0] == 3 for shape in calls)
+
+
+def test_linears_rows_use_the_graph_step_and_keep_failures(tmp_path):
+    """On a GPU the share's whole step is the CUDA-graph row's and eager - graph is the host time
+    the graph removes; prefill uses its eager row; a failed part stays its text, its ratios None."""
+    spec = bench_model.Spec(batches=(1, 8), prefill=128)
+    rows = [{"mode": "eager", "batch": 1, "fp16": 1.0e-3, "mixkern": 1.4e-3},
+            {"mode": "graph", "batch": 1, "fp16": 0.4e-3, "mixkern": 0.3e-3},
+            {"mode": "eager", "batch": 8, "fp16": 2.0e-3, "mixkern": 2.0e-3},
+            {"mode": "graph", "batch": 8, "fp16": "failed: OutOfMemoryError", "mixkern": 1.0e-3},
+            {"mode": "prefill", "batch": 1, "fp16": 8.0e-3, "mixkern": 6.0e-3}]
+    for r in rows:
+        r.update(tokens=128 if r["mode"] == "prefill" else r["batch"], unfused=None)
+    fp16 = {("decode", 1): {"linears": 0.2e-3, "lm_head": 0.1e-3, "host": 0.9e-3},
+            ("decode", 8): {"linears": 0.5e-3, "lm_head": 0.1e-3, "host": 1.0e-3},
+            ("prefill", 1): {"linears": 5.0e-3, "lm_head": 0.1e-3, "host": 2.0e-3}}
+    mix = {("decode", 1): {"linears": 0.1e-3, "host": 1.3e-3}, ("decode", 8): {"linears": "failed: boom", "host": 1e-3},
+           ("prefill", 1): {"linears": 2.5e-3, "host": 2.5e-3}}
+    got = bench_model.linears_rows(rows, fp16, mix, spec, gpu=True)
+    b1, b8, pre = got
+    assert b1["step_timed"] == "graph" and b1["linears_timed"] == "graph"
+    assert b1["fp16_linear_share"] == pytest.approx(0.5) and b1["mixkern_linear_share"] == pytest.approx(1 / 3)
+    assert b1["linears_speedup"] == pytest.approx(2.0) and b1["fp16_lm_head_share"] == pytest.approx(0.25)
+    assert b1["fp16_eager_minus_graph_s"] == pytest.approx(0.6e-3)
+    assert b1["mixkern_eager_minus_graph_s"] == pytest.approx(1.1e-3)
+    assert b8["step_timed"] == "eager" and b8["fp16_step_s"] == 2.0e-3  # the graph row failed: eager instead
+    assert b8["mixkern_linears_s"] == "failed: boom" and b8["linears_speedup"] is None
+    assert b8["mixkern_linear_share"] is None and b8["fp16_eager_minus_graph_s"] == "failed: OutOfMemoryError"
+    assert pre["tokens"] == 128 and pre["step_timed"] == "eager" and pre["fp16_linear_share"] == pytest.approx(0.625)
+    assert pre["fp16_eager_minus_graph_s"] is None
+    table = bench_model.linears_table(got, spec)
+    assert "| decode | 1 | CUDA graph | 0.200 | 0.100 | 2.00x | 0.100 | 0.400 | 0.300 | 50.0% | 33.3% |" in table
+    assert "| decode | 8 | linears CUDA graph, step eager | 0.500 | failed: boom | - |" in table
+    assert "| prefill 128 tokens | 1 | linears CUDA graph, step eager |" in table
+    if importlib.util.find_spec("matplotlib") is not None:  # bars for the rows with numbers only
+        bench_model.plot(rows, spec, str(tmp_path / "p.png"), "t", got)
+        assert (tmp_path / "p.png").stat().st_size > 1000
