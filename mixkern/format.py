@@ -15,8 +15,8 @@ weight group), ``group_size`` is 64, 128 (default) or 256.  Two versioned format
     kernel:       acc = sum_k xq * w8 over all of K in one int32 accumulator;
                   y = out_dtype((fp32(acc) * a[m]) * s[n])  -- two fp32 multiplies, in this order
 
-``WeightFormat.MIXLLM`` ("mixkern.mixllm.v1", MixLLM's configuration; CPU only for now,
-the GPU kernels are issue 14's next step)::
+``WeightFormat.MIXLLM`` ("mixkern.mixllm.v1", MixLLM's configuration; GPU kernels
+:mod:`mixkern.kernels.mixllm_gemv` and :mod:`mixkern.kernels.mixllm_gemm`)::
 
     activation groups: j = k // A with A = min(group_size, 128) (A = 64 for weight group 64);
                   a[m, j] = max_{k in j} |x[m, k]| / 127 (fp32 division), xq = rint(x / a[m, j])

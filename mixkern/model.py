@@ -55,7 +55,9 @@ class QuantConfig:
     floor: float = 0.0  # per-layer minimum fraction of 8-bit features (global only)
     cap: float = 1.0  # per-layer maximum fraction (global only)
     second_order: str = "mixllm"  # the salience estimator: mixllm, fisher or hessian
-    format: str = "progressive"  # progressive (GPU kernels) or mixllm (MixLLM's configuration, CPU for now)
+    # progressive or mixllm: both run on CPU and GPU.  mixllm is the more accurate (README "The
+    # format"); progressive stays the default while its GPU kernels are the faster ones
+    format: str = "progressive"
     seed: int = 0
 
     def budget(self) -> dict:

@@ -3,7 +3,7 @@
 The op takes the PackedWeight's tensors flat (ops take tensors and scalars), so it traces
 under ``torch.compile`` and captures in CUDA graphs through its fake implementation.  It runs
 the exact reference implementation on CPU; on CUDA the TileLang kernels of :mod:`mixkern.kernels`
-(the ``progressive`` format only: the ``mixllm`` format's GPU kernels are issue 14's next step).
+(both formats).
 
 It is registered with ``torch.library.Library`` (schema + one Python kernel per device + a
 fake), not ``torch.library.custom_op``: custom_op wraps every eager call in an autograd
@@ -66,10 +66,6 @@ def _launch():
 
 def _gemm_cuda(x, idx4, idx8, qweight4, zeros4, scales4, chan_scale4, qweight8, scale8, n, group_size, format_id):
     """CUDA: the TileLang kernels, on the flat arguments (no PackedWeight built per call)."""
-    if format_id != FORMAT_IDS[WeightFormat.PROGRESSIVE]:
-        raise NotImplementedError(
-            f"{FORMATS_BY_ID[format_id].value} has no CUDA kernel yet (mixkern issue 14: MixLLM's configuration, "
-            "GPU kernels are its next step); run this op on CPU or quantize with format='progressive' (the default)")
     return _launch()(x, idx4, idx8, qweight4, zeros4, scales4, chan_scale4, qweight8, scale8, n, group_size,
                      FORMATS_BY_ID[format_id])
 

@@ -39,27 +39,27 @@ class WarmupReport:
     arch: str
 
 
-def layer_shapes(model: nn.Module) -> list[tuple[int, int, int, int]]:
-    """Distinct (N, K, group size, 8-bit rows) of the model's MixLinear layers."""
+def layer_shapes(model: nn.Module) -> list[tuple[int, int, int, int, str]]:
+    """Distinct (N, K, group size, 8-bit rows, format value) of the model's MixLinear layers."""
     from .linear import MixLinear
-    return sorted({(m.out_features, m.in_features, m.group_size, m.idx8.numel())
+    return sorted({(m.out_features, m.in_features, m.group_size, m.idx8.numel(), m.format.value)
                    for m in model.modules() if isinstance(m, MixLinear)})
 
 
 def kernel_jobs(arch: str, shapes, dtypes=("float16",), max_tokens: int = 8192, sms: int | None = None) -> list[tuple]:
-    """The ``compiled`` argument tuples of every kernel these layer shapes launch for any
-    M from 1 to ``max_tokens``."""
+    """The ``compiled`` argument tuples of every kernel these layer shapes -- (N, K, group
+    size, 8-bit rows[, format]) -- launch for any M from 1 to ``max_tokens``."""
     from .kernels.launch import kernel_jobs as jobs_of
     from .schedules import pick
     from .schedules.heuristic import distinct_token_counts
     choose = pick.__wrapped__  # uncached: hundreds of M values would flush pick's cache
     ms = distinct_token_counts(max_tokens)
     jobs = {}
-    for n, k, group_size, n8 in shapes:
+    for n, k, group_size, n8, *fmt in shapes:
         has4, has8 = n8 < n, n8 > 0
         for schedule in {choose(arch, m, n, k, group_size, n8, sms) for m in ms}:
             for dtype in dtypes:
-                jobs.update(dict.fromkeys(jobs_of(arch, k, group_size, schedule, dtype, has4, has8)))
+                jobs.update(dict.fromkeys(jobs_of(arch, k, group_size, schedule, dtype, has4, has8, *fmt)))
     return sorted(jobs, key=str)
 
 

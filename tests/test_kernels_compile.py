@@ -10,7 +10,7 @@ import shutil
 
 import pytest
 
-from kernel_jobs import job_id, shape_jobs, structural_jobs, sweep_jobs
+from kernel_jobs import job_id, mixllm_jobs, shape_jobs, structural_jobs, sweep_jobs
 
 pytestmark = [pytest.mark.compile,
               pytest.mark.skipif(shutil.which("nvcc") is None, reason="needs nvcc (CUDA toolkit)")]
@@ -29,6 +29,9 @@ def check_instructions(job, src: str) -> None:
         # fused: the block quantizes x itself (block-wide max, IEEE division, round half to even)
         assert ("warp_reduce_max" in src and "nearbyintf" in src and "CUDART_INF_F" in src) == job[4].fused
         return
+    if kind.startswith("mixllm") or kind == "act_group":
+        check_mixllm_instructions(job, src)
+        return
     if kind != "mma":
         return
     has4, has8 = job[6], job[7]
@@ -44,6 +47,30 @@ def check_instructions(job, src: str) -> None:
         assert f"tl::mma_sync<tl::{int8_mma}" in src
     # 4-bit tiles: the word-wise int4 -> int8 decode (mask, one multiply, carry-free byte subtract)
     assert (src.count("mixkern_decode16(") > 1) == has4  # a call besides the definition
+
+
+def check_mixllm_instructions(job, src: str) -> None:
+    """mixllm: group maxima and partials by warp shuffles, the fp32 chain as __fmul_rn /
+    __fmaf_rn (never contracted or reordered by the compiler), int8 MMAs on tensor cores."""
+    kind, arch = job[0], job[1]
+    if kind == "act_group":
+        assert "__shfl_xor_sync" in src and "nearbyintf" in src and "CUDART_INF_F" in src
+        return
+    assert "__fmaf_rn(" in src and "__fmul_rn(" in src
+    if kind == "mixllm_gemv":
+        assert "__dp4a(" in src and "__shfl_xor_sync" in src
+        assert ("nearbyintf" in src) == job[4].fused
+        return
+    int8_mma = "DataType::kInt8, tl::DataType::kInt8, tl::DataType::kInt32"
+    assert (f"tl::wgmma_ss<tl::{int8_mma}" in src) if arch == "sm_90a" and job[4].block_m >= 64 else \
+        (f"tl::mma_sync<tl::{int8_mma}" in src or f"tl::wgmma_ss<tl::{int8_mma}" in src)
+    assert "tma_load" not in src  # no warp specialization (launch._pass_configs)
+    assert (src.count("mixkern_decode16(") > 1) == job[6]
+
+
+@pytest.mark.parametrize("job", mixllm_jobs(), ids=job_id)
+def test_every_mixllm_code_path_compiles(job, kernel_source):
+    check_mixllm_instructions(job, kernel_source(job))
 
 
 @pytest.mark.parametrize("job", shape_jobs(), ids=job_id)

@@ -170,12 +170,6 @@ def test_activation_kernel_is_bit_exact(m, k, dtype, scale, seed):
     assert torch.equal(a, a_ref) and torch.equal(xq, xq_ref)
 
 
-def test_group_float_has_no_cuda_kernel_and_says_so():
-    pw = quantize_weight(torch.randn(64, 256, device="cuda"), None, 128, "mixllm")
-    with pytest.raises(NotImplementedError, match="progressive"):
-        mixkern.gemm(torch.randn(2, 256, device="cuda", dtype=torch.float16), pw)
-
-
 def test_mixlinear_and_quantize_model_run_the_kernels_exactly():
     from mixkern import MixLinear, QuantConfig, quantize_model
     from mixkern.lm import LMConfig, TinyLM

@@ -196,6 +196,35 @@ def test_launch_picks_once_per_shape(recorded_launches, monkeypatch):
     for m in (1, 1, 1, 7, 7):
         launch.gemm_cuda(torch.randn(m, 256, dtype=torch.float16), pw, arch="sm_90a")
     assert [a[1] for a in picks] == [1, 7] and picks[0] == ("sm_90a", 1, 24, 256, 128, 1, 132)
-    with pytest.raises(NotImplementedError, match="progressive"):
-        launch.gemm_cuda(torch.randn(1, 256, dtype=torch.float16), quantize_weight(torch.randn(24, 256), None, 128,
-                                                                                  "mixllm"), arch="sm_90a")
+
+
+@pytest.mark.parametrize("case", range(4))
+@pytest.mark.parametrize("eight", [None, [0, 3, 17], "all"])
+@pytest.mark.parametrize("group_size", [64, 128, 256])
+def test_mixllm_launch_passes_each_kernel_its_arguments(recorded_launches, case, eight, group_size):
+    """mixllm on CUDA, checked on CPU: grouped activation quantization (a: (M, K / A)) unless
+    the decode kernel fuses it, then the mixllm decode or tensor-core kernel (one K tile per
+    activation group, no split-K) with 4-bit rows (qweight, zeros, fp16 scales, idx) and
+    8-bit rows (qweight, fp16 group scales, idx)."""
+    launch, calls, compiles = recorded_launches
+    schedule = _launch_cases()[case]
+    pw = quantize_weight(torch.randn(24, 512), eight, group_size, "mixllm")
+    x = torch.randn(3, 512, dtype=torch.bfloat16)
+    span = min(group_size, 128)
+    y = launch.gemm_cuda(x, pw, schedule, "sm_90a")
+    kinds = [kind for kind, _ in calls]
+    assert kinds == (["mixllm_gemv"] if case == 0 else ["act_group", "mixllm_gemv" if case == 1 else "mixllm_mma"])
+    main_job = next(c for c in compiles if c[0] == kinds[-1])
+    if case >= 2:
+        assert main_job[4].block_k == span and main_job[4].split_k == 1
+    main = calls[-1][1]
+    for got, want in zip(main[2:9], (pw.qweight4, pw.zeros4, pw.scales4, pw.idx4, pw.qweight8, pw.scale8, pw.idx8)):
+        if want.numel():
+            assert got is want or (got.data_ptr() == want.data_ptr() and got.view(want.dtype).shape == want.shape)
+    assert main[-1] is y and y.shape == (3, 24)
+    if case == 0:
+        assert main[0] is x and main[1].shape == (3, 512 // span)
+    else:
+        act = calls[0][1]
+        assert act[0] is x and act[2].shape == (3, 512 // span) and main[1] is act[2]
+        assert compiles[0] == ("act_group", "sm_90a", 512, span, "bfloat16")

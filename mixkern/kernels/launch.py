@@ -16,11 +16,14 @@ import torch
 from tilelang import tvm
 
 from ..format import PackedWeight, WeightFormat
-from ..schedules import AnySchedule, GemvSchedule, pick
+from ..schedules import AnySchedule, GemvSchedule, for_mixllm, pick
 from . import ir_cache
 from .act_quant import act_quant
+from .act_quant_grouped import act_quant_grouped
 from .decode_gemv import decode_gemv
 from .mixed_gemm import epilogue, mixed_gemm
+from .mixllm_gemm import mixllm_gemm
+from .mixllm_gemv import mixllm_gemv
 
 TL_DTYPES = {torch.float16: "float16", torch.bfloat16: "bfloat16"}
 POISON_OUTPUT = False  # tests set this: outputs start as NaN, so an unwritten element shows
@@ -75,6 +78,8 @@ def _pass_configs(kind: str, args: tuple) -> dict:
     two pipelined loops, one per branch, which TileLang cannot split into producer and
     consumer; with one consumer warpgroup (small tiles, M <= 256) it measured up to 2x slower
     on the H100 than the plain cp.async multi-stage pipeline."""
+    if kind == "mixllm_mma":  # warp-specialized, it gave wrong results on the H100 (128x128 tiles, 4-bit rows only)
+        return {"tl.disable_warp_specialized": True}
     if kind == "mma":
         schedule, has4, has8 = args[2], args[-2], args[-1]
         if (has4 and has8) or schedule.threads < 256:
@@ -83,10 +88,17 @@ def _pass_configs(kind: str, args: tuple) -> dict:
 
 
 def build(kind: str, arch: str, *args):
-    """The TileLang PrimFunc of one kernel.  Kinds and their args: 'mma' and 'gemv' (k,
-    group_size, schedule, dtype, has4, has8), 'act' (k, dtype), 'epi' (dtype, has4)."""
+    """The TileLang PrimFunc of one kernel.  Kinds and their args: 'mma', 'gemv', 'mixllm_mma'
+    and 'mixllm_gemv' (k, group_size, schedule, dtype, has4, has8), 'act' (k, dtype), 'act_group'
+    (k, activation group, dtype), 'epi' (dtype, has4)."""
     if kind == "mma":
         return mixed_gemm(*args, wgmma=arch.startswith("sm_90"))
+    if kind == "mixllm_mma":
+        return mixllm_gemm(*args, wgmma=arch.startswith("sm_90"))
+    if kind == "mixllm_gemv":
+        return mixllm_gemv(*args)
+    if kind == "act_group":
+        return act_quant_grouped(*args)
     if kind == "epi":
         return epilogue(*args)
     if kind == "gemv":
@@ -118,8 +130,11 @@ def compiled(kind: str, arch: str, *args):
 
 
 def kernel_jobs(arch: str, k: int, group_size: int, schedule: AnySchedule, dtype: str,
-                has4: bool = True, has8: bool = True) -> list[tuple]:
-    """The ``compiled`` argument tuples that one GEMM with this schedule launches."""
+                has4: bool = True, has8: bool = True, fmt: str = "progressive") -> list[tuple]:
+    """The ``compiled`` argument tuples that one GEMM with this schedule launches (``fmt``:
+    a :class:`WeightFormat` value or alias; the mixllm kernels take :func:`for_mixllm`'s schedule)."""
+    if WeightFormat.parse(fmt) is WeightFormat.MIXLLM:
+        return _mixllm_jobs(arch, k, group_size, schedule, dtype, has4, has8)
     gemv = ("gemv", arch, k, group_size, schedule, dtype, has4, has8)
     if isinstance(schedule, GemvSchedule) and schedule.fused:
         return [gemv]  # quantizes x itself
@@ -130,21 +145,39 @@ def kernel_jobs(arch: str, k: int, group_size: int, schedule: AnySchedule, dtype
     return jobs + ([("epi", arch, dtype, has4)] if schedule.split_k > 1 else [])
 
 
-def kernel_jobs_any_split(arch: str, k: int, group_size: int, schedule: AnySchedule, dtype: str) -> list[tuple]:
+def _mixllm_jobs(arch: str, k: int, group_size: int, schedule: AnySchedule, dtype: str,
+                 has4: bool, has8: bool) -> list[tuple]:
+    """mixllm: the grouped activation quantization (unless the decode kernel fuses it), then
+    the decode or tensor-core kernel with one K tile per activation group."""
+    schedule = for_mixllm(schedule, k, group_size, arch, has4, has8)
+    span = WeightFormat.MIXLLM.act_group_size(group_size)
+    kind = "mixllm_gemv" if isinstance(schedule, GemvSchedule) else "mixllm_mma"
+    main = (kind, arch, k, group_size, schedule, dtype, has4, has8)
+    fused = isinstance(schedule, GemvSchedule) and schedule.fused
+    return [main] if fused else [("act_group", arch, k, span, dtype), main]
+
+
+def kernel_jobs_any_split(arch: str, k: int, group_size: int, schedule: AnySchedule, dtype: str,
+                          fmt: str = "progressive") -> list[tuple]:
     """``kernel_jobs`` for every mix of 4- and 8-bit rows a weight can have, without repeats."""
     return list(dict.fromkeys(j for has4, has8 in PRECISION_SPLITS
-                              for j in kernel_jobs(arch, k, group_size, schedule, dtype, has4, has8)))
+                              for j in kernel_jobs(arch, k, group_size, schedule, dtype, has4, has8, fmt)))
 
 
-def quantize_activation_cuda(x: torch.Tensor, arch: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """x (M, K) fp16/bf16 on a GPU -> (xq int8 (M, K), a fp32 (M,)) by the activation kernel."""
-    return _quantize(compiled("act", arch or arch_of(x.device), x.shape[1], TL_DTYPES[x.dtype]), x)
+def quantize_activation_cuda(x: torch.Tensor, arch: str | None = None,
+                             group_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """x (M, K) fp16/bf16 on a GPU -> (xq int8 (M, K), a fp32 (M,)) by the activation kernel;
+    with ``group_size`` (64 or 128), a (M, K / group_size) by the grouped kernel (mixllm)."""
+    arch, (m, k), dtype = arch or arch_of(x.device), x.shape, TL_DTYPES[x.dtype]
+    if group_size is None:
+        return _quantize(compiled("act", arch, k, dtype), x, None)
+    return _quantize(compiled("act_group", arch, k, group_size, dtype), x, group_size)
 
 
-def _quantize(act_kernel, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _quantize(act_kernel, x: torch.Tensor, span: int | None) -> tuple[torch.Tensor, torch.Tensor]:
     m, k = x.shape
     xq = torch.empty(m, k, dtype=torch.int8, device=x.device)  # torch.empty: faster than new_empty
-    a = torch.empty(m, dtype=torch.float32, device=x.device)
+    a = torch.empty((m,) if span is None else (m, k // span), dtype=torch.float32, device=x.device)
     act_kernel(_aligned(x), xq, a)
     return xq, a
 
@@ -161,13 +194,17 @@ def _words(t: torch.Tensor) -> torch.Tensor:
 
 
 @lru_cache(maxsize=None)
-def _empty_rows(device, k: int, group_size: int, words: bool) -> dict:
+def _empty_rows(device, k: int, group_size: int, words: bool, mixllm: bool) -> dict:
     """One-row stand-ins for the absent precision in the one-launch kernels' fixed signatures
-    (weights as int32 words for the decode kernel, as bytes for the tensor-core kernel)."""
+    (weights as int32 words for the decode kernels, as bytes for the tensor-core ones), in
+    each format's kernel argument order."""
     z = lambda *shape, dtype=torch.int32: torch.zeros(*shape, dtype=dtype, device=device)  # noqa: E731
+    g = k // group_size
     w4, w8 = (z(1, k // 8), z(1, k // 4)) if words else (z(1, k // 2, dtype=torch.uint8), z(1, k, dtype=torch.int8))
-    return {4: (w4, z(1, k // group_size, dtype=torch.uint8), z(1, k // group_size, dtype=torch.uint8),
-                z(1, dtype=torch.float32), z(1)),
+    if mixllm:  # W4, Z, S4 (fp16 group scales), I4 / W8, S8 (fp16 group scales), I8
+        return {4: (w4, z(1, g, dtype=torch.uint8), z(1, g, dtype=torch.float16), z(1)),
+                8: (w8, z(1, g, dtype=torch.float16), z(1))}
+    return {4: (w4, z(1, g, dtype=torch.uint8), z(1, g, dtype=torch.uint8), z(1, dtype=torch.float32), z(1)),
             8: (w8, z(1, dtype=torch.float32), z(1))}
 
 
@@ -177,35 +214,38 @@ class _Plan:
     once per shape and schedule, so a repeated call costs one cache lookup, the output and
     the launches -- no schedule pick, kernel-cache hashing or weight validation."""
 
-    __slots__ = ("act", "main", "epi", "words", "empty4", "empty8")
+    __slots__ = ("act", "main", "epi", "words", "empty4", "empty8", "span")
 
     def __init__(self, arch: str, device: torch.device, k: int, group_size: int, has4: bool, has8: bool,
-                 schedule: AnySchedule, dtype: torch.dtype):
-        jobs = kernel_jobs(arch, k, group_size, schedule, TL_DTYPES[dtype], has4, has8)
+                 schedule: AnySchedule, dtype: torch.dtype, fmt: WeightFormat = WeightFormat.PROGRESSIVE):
+        jobs = kernel_jobs(arch, k, group_size, schedule, TL_DTYPES[dtype], has4, has8, fmt.value)
         kernels = {job[0]: compiled(*job) for job in jobs}
-        self.act, self.epi = kernels.get("act"), kernels.get("epi")  # no 'act': a fused decode kernel
-        self.main = kernels["gemv"] if "gemv" in kernels else kernels["mma"]
+        self.act = kernels.get("act") or kernels.get("act_group")  # none: a fused decode kernel
+        self.epi = kernels.get("epi")
+        self.main = next(kernels[kind] for kind in ("gemv", "mma", "mixllm_gemv", "mixllm_mma") if kind in kernels)
         self.words = isinstance(schedule, GemvSchedule)
-        empty = _empty_rows(device, k, group_size, self.words)
+        self.span = fmt.act_group_size(group_size)  # None: one activation scale per token
+        empty = _empty_rows(device, k, group_size, self.words, fmt is WeightFormat.MIXLLM)
         self.empty4, self.empty8 = (None if has4 else empty[4]), (None if has8 else empty[8])
 
     def run(self, x: torch.Tensor, n: int, rows4: tuple, rows8: tuple) -> torch.Tensor:
-        """y (M, N); rows4 = (qweight4, scales4, zeros4, chan_scale4, idx4), rows8 = (qweight8, scale8, idx8)."""
-        m = x.shape[0]
+        """y (M, N); rows4 / rows8: the weight tensors in the kernel's argument order, weights first."""
+        m, k = x.shape
         y = torch.empty(m, n, dtype=x.dtype, device=x.device)
         if POISON_OUTPUT:
             y.fill_(float("nan"))
         rows4 = self.empty4 or ((_words(rows4[0]), *rows4[1:]) if self.words else rows4)
         rows8 = self.empty8 or ((_words(rows8[0]), *rows8[1:]) if self.words else rows8)
         if self.act is None:  # the fused decode kernel quantizes x itself ('a' is its scratch)
-            self.main(_aligned(x), torch.empty(m, dtype=torch.float32, device=x.device), *rows4, *rows8, y)
+            a = torch.empty((m,) if self.span is None else (m, k // self.span), dtype=torch.float32, device=x.device)
+            self.main(_aligned(x), a, *rows4, *rows8, y)
             return y
-        xq, a = _quantize(self.act, x)
+        xq, a = _quantize(self.act, x, self.span)
         if self.words:
             self.main(_words(xq), a, *rows4, *rows8, y)
         elif self.epi is None:
             self.main(xq, a, *rows4, *rows8, y)
-        else:  # split-K: exact int32 partial sums, then one epilogue pass
+        else:  # split-K (progressive only): exact int32 partial sums, then one epilogue pass
             acc = torch.zeros(m, n, dtype=torch.int32, device=x.device)
             self.main(xq, a, *rows4, *rows8, acc)
             self.epi(acc, a, rows4[3], rows4[4], rows8[1], rows8[2], y)
@@ -214,17 +254,17 @@ class _Plan:
 
 @lru_cache(maxsize=None)
 def _plan(arch: str, device: torch.device, k: int, group_size: int, has4: bool, has8: bool,
-          schedule: AnySchedule, dtype: torch.dtype) -> _Plan:
-    return _Plan(arch, device, k, group_size, has4, has8, schedule, dtype)
+          schedule: AnySchedule, dtype: torch.dtype, fmt: WeightFormat) -> _Plan:
+    return _Plan(arch, device, k, group_size, has4, has8, schedule, dtype, fmt)
 
 
 @lru_cache(maxsize=16384)
 def _picked_plan(arch: str, device: torch.device, m: int, n: int, k: int, group_size: int, n8: int, has4: bool,
-                 dtype: torch.dtype) -> _Plan:
+                 dtype: torch.dtype, fmt: WeightFormat) -> _Plan:
     """The plan of the schedule ``pick`` chooses, keyed by everything that choice depends on
     (M exactly: the heuristic looks at more than M's bucket)."""
     schedule = pick(arch, m, n, k, group_size, n8, sm_count(device))
-    return _plan(arch, device, k, group_size, has4, n8 > 0, schedule, dtype)
+    return _plan(arch, device, k, group_size, has4, n8 > 0, schedule, dtype, fmt)
 
 
 def gemm_flat(x: torch.Tensor, idx4, idx8, qweight4, zeros4, scales4, chan_scale4, qweight8, scale8, n: int,
@@ -232,25 +272,23 @@ def gemm_flat(x: torch.Tensor, idx4, idx8, qweight4, zeros4, scales4, chan_scale
               arch: str | None = None) -> torch.Tensor:
     """:func:`gemm_cuda` on the op's flat arguments (the CUDA kernel of ``torch.ops.mixkern.gemm``).
     The weight is trusted: it was validated when it was quantized or loaded."""
-    if fmt is not WeightFormat.PROGRESSIVE:
-        raise NotImplementedError(
-            f"{fmt.value} has no CUDA kernel; quantize with format='progressive' (the default) "
-            "or run this op on CPU")
     m, k = x.shape
     device = x.device
     arch = arch or arch_of(device)
     has4 = idx4.shape[0] > 0
     if schedule is None:
-        plan = _picked_plan(arch, device, m, n, k, group_size, idx8.shape[0], has4, x.dtype)
+        plan = _picked_plan(arch, device, m, n, k, group_size, idx8.shape[0], has4, x.dtype, fmt)
     else:
         schedule.check(k, group_size)
-        plan = _plan(arch, device, k, group_size, has4, idx8.shape[0] > 0, schedule, x.dtype)
+        plan = _plan(arch, device, k, group_size, has4, idx8.shape[0] > 0, schedule, x.dtype, fmt)
+    if fmt is WeightFormat.MIXLLM:
+        return plan.run(x, n, (qweight4, zeros4, scales4, idx4), (qweight8, scale8, idx8))
     return plan.run(x, n, (qweight4, scales4, zeros4, chan_scale4, idx4), (qweight8, scale8, idx8))
 
 
 def gemm_cuda(x: torch.Tensor, pw: PackedWeight, schedule: AnySchedule | None = None,
               arch: str | None = None) -> torch.Tensor:
-    """y = mixkern.gemm(x, pw) with the TileLang kernels (progressive format); ``schedule`` and
+    """y = mixkern.gemm(x, pw) with the TileLang kernels (either format); ``schedule`` and
     ``arch`` override the table's choice and the GPU's own build target (the autotuner uses them)."""
     return gemm_flat(x, pw.idx4, pw.idx8, pw.qweight4, pw.zeros4, pw.scales4, pw.chan_scale4, pw.qweight8,
                      pw.scale8, pw.shape[0], pw.group_size, pw.format, schedule, arch)

@@ -5,12 +5,8 @@ int8 tile, both MMA operands from shared memory.
 progressive format has no float group scales).  Grid x walks the 4-bit feature tiles and
 then the 8-bit ones, so one launch covers every output feature:
 
-* 4-bit tiles: packed codes arrive in shared memory by TMA / cp.async (multi-stage); each
-  consumer thread takes 32 codes (16 bytes, one group), turns them into int8
-  ``(q - z) * s2`` with word arithmetic and writes two 16-byte chunks of the decoded tile:
-  ``w & 0x0F0F0F0F`` is four codes as bytes, one 32-bit multiply by ``s2 <= 16`` scales all
-  four without carries (``15 * 16 < 256``), and a carry-free byte subtraction of ``z * s2``
-  gives the int8 weights, bit-equal to the reference's ``int8((q - z) * s2)``;
+* 4-bit tiles: packed codes arrive in shared memory by TMA / cp.async (multi-stage) and the
+  consumer threads decode them into a shared int8 tile ``(q - z) * s2`` (:mod:`.int4_decode`);
 * 8-bit tiles: the int8 weights go straight to shared memory.
 
 The tensor core then reads both operands from shared memory (wgmma on sm_90a, ldmatrix +
@@ -23,41 +19,9 @@ int32 partials into a workspace with atomics (exact) and :func:`epilogue` scales
 import tilelang.language as T
 
 from ..schedules import Schedule
+from .int4_decode import DECODE_BARRIER, DECODE_SOURCE, consumer_groups, int4_decode_tile
 
 DTYPES = {"float16": "float16", "bfloat16": "bfloat16"}
-
-CODES_PER_THREAD = 32  # one 16-byte load of packed codes; always inside one group
-DECODE_BARRIER = 7  # named barriers 7.. : one per group of consumer threads that decode together
-
-DECODE_SOURCE = r"""
-// Carry-free byte subtraction: each byte of the result is (a - b) mod 256.
-__device__ __forceinline__ unsigned mixkern_sub_bytes(unsigned a, unsigned b) {
-  return ((a | 0x80808080u) - (b & 0x7F7F7F7Fu)) ^ ((a ^ ~b) & 0x80808080u);
-}
-
-// 16 packed codes (two words, word-interleaved, mixkern.packing) -> 16 int8 weights (q - z) * s2
-// in K order, stored as one 16-byte chunk (a whole chunk of any swizzled shared layout).
-__device__ __forceinline__ void mixkern_decode16(const void* packed, void* out, int s2, int z) {
-  const uint2 w = *reinterpret_cast<const uint2*>(packed);
-  const unsigned zs = (unsigned)(z * s2) * 0x01010101u;
-  const unsigned m = (unsigned)s2;
-  uint4 r;
-  r.x = mixkern_sub_bytes((w.x & 0x0F0F0F0Fu) * m, zs);
-  r.y = mixkern_sub_bytes(((w.x >> 4) & 0x0F0F0F0Fu) * m, zs);
-  r.z = mixkern_sub_bytes((w.y & 0x0F0F0F0Fu) * m, zs);
-  r.w = mixkern_sub_bytes(((w.y >> 4) & 0x0F0F0F0Fu) * m, zs);
-  *reinterpret_cast<uint4*>(out) = r;
-}
-
-// Make this thread's decoded stores visible to the tensor core's async proxy (wgmma reads
-// shared memory through it); Ampere's mma.sync reads through ldmatrix and needs no fence.
-__device__ __forceinline__ void mixkern_fence_decoded() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-#endif
-}
-"""
-
 
 def _scaled(acc, a, s, out: str):
     """The float epilogue of the format, in its one order: out((fp32(acc) * a[m]) * s[n])."""
@@ -87,28 +51,10 @@ def mixed_gemm(k: int, group_size: int, schedule: Schedule, out_dtype: str = "fl
     out = DTYPES[out_dtype]
     blocks4 = T.ceildiv(n4, bn) if has4 else 0
     blocks8 = T.ceildiv(n8, bn) if has8 else 0
-    # With wgmma, each warpgroup multiplies its own block_n / warpgroups weight rows (FullCol
-    # policy) and decodes exactly those: warpgroups then sync only among themselves, and one
-    # warpgroup's decode overlaps another's MMA.  Otherwise all threads decode all rows.
-    groups = s.threads // 128 if wgmma and bn % (64 * (s.threads // 128)) == 0 else 1
-    group_threads, group_rows = s.threads // groups, bn // groups
-    chunks = group_rows * bk // CODES_PER_THREAD
+    groups, group_threads, group_rows = consumer_groups(s.threads, bn, wgmma)
     policy = T.GemmWarpPolicy.FullCol if groups > 1 else T.GemmWarpPolicy.Square
 
-    @T.macro
-    def decode_tile(P_s, W_s, S2, Z, n_base, k0, group):
-        """Shared packed codes -> shared int8 for this group's rows, 32 codes per thread per pass."""
-        tx = T.get_thread_binding() % group_threads
-        for p in T.serial(T.ceildiv(chunks, group_threads)):
-            c = p * group_threads + tx
-            i = group * group_rows + c // (bk // CODES_PER_THREAD)
-            j = (c % (bk // CODES_PER_THREAD)) * CODES_PER_THREAD
-            n = T.min(n_base + i, n4 - 1)
-            grp = (k0 + j) // group_size
-            if c < chunks:
-                for h in T.unroll(2):  # two 16-byte chunks: each stays contiguous under any swizzle
-                    T.call_extern("handle", "mixkern_decode16", T.address_of(P_s[i, j // 2 + h * 8]),
-                                  T.address_of(W_s[i, j + h * 16]), T.Cast("int32", S2[n, grp]), T.Cast("int32", Z[n, grp]))
+    decode_tile = int4_decode_tile(bk, group_size, group_threads, group_rows)
 
     @T.macro
     def store(acc, A, S, Idx, Y, Acc, rows, col0, acc_col0, by):
@@ -141,7 +87,7 @@ def mixed_gemm(k: int, group_size: int, schedule: Schedule, out_dtype: str = "fl
                     # done, and multiplies once all of them are written
                     group = T.get_thread_binding() // group_threads
                     T.sync_threads(DECODE_BARRIER + group, group_threads)
-                    decode_tile(P_s, W_s, S2, Z, bx * bn, k0, group)
+                    decode_tile(P_s, W_s, S2, Z, bx * bn, k0, group, n4)
                     T.call_extern("handle", "mixkern_fence_decoded")
                     T.sync_threads(DECODE_BARRIER + group, group_threads)
                     T.gemm(X_s, W_s, acc, transpose_B=True, policy=policy)

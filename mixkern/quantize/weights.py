@@ -140,7 +140,7 @@ def quantize_weight(
     """Quantize w (N, K) (fp16/bf16/fp32, y = x @ w.T) into a :class:`PackedWeight`.
 
     eight_bit_features: None (all 4-bit), "all", a bool mask of shape (N,), or indices.
-    format: "progressive" (default, GPU kernels) or "mixllm" (MixLLM's configuration, CPU for now).
+    format: "progressive" (default) or "mixllm" (MixLLM's configuration); see :mod:`mixkern.format`.
     Runs on w's device, ROW_CHUNK rows at a time.
     """
     check_tensor(w, "w", WEIGHT_DTYPES, ndim=2)

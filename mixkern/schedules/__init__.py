@@ -172,3 +172,29 @@ def fit(schedule: AnySchedule, k: int, group_size: int) -> AnySchedule:
             schedule = Schedule(**{**asdict(schedule), **smaller})
     schedule.check(k, group_size)
     return schedule
+
+
+MIXLLM_MAX_ACC_PER_THREAD = 64  # fp32 + int32 accumulators per thread: 128 registers at this cap
+
+
+def for_mixllm(schedule: AnySchedule, k: int, group_size: int, arch: str,
+               has4: bool = True, has8: bool = True) -> AnySchedule:
+    """The mixllm kernels' version of a schedule picked for the progressive format.  Decode
+    schedules carry over.  A tensor-core schedule takes one activation group per K tile
+    (block_k = A) and no split-K (it would reorder the format's fp32 chain), halves block_m
+    while the two accumulators (int32 partial + fp32) would pass
+    :data:`MIXLLM_MAX_ACC_PER_THREAD` each per thread, then sheds stages, then block_m, to fit
+    shared memory."""
+    if isinstance(schedule, GemvSchedule):
+        schedule.check(k, group_size)
+        return schedule
+    span = min(group_size, 128)
+    s = Schedule(**{**asdict(schedule), "block_k": span, "split_k": 1})
+    limit = SHARED_BYTES.get(arch.split("+")[0], 99 * 1024)
+    while s.block_m > 16 and s.block_m * s.block_n // s.threads > MIXLLM_MAX_ACC_PER_THREAD:
+        s = Schedule(**{**asdict(s), "block_m": s.block_m // 2})
+    while s.shared_bytes(has4, has8) > limit and (s.stages > 2 or s.block_m > 16):
+        smaller = {"stages": s.stages - 1} if s.stages > 2 else {"block_m": s.block_m // 2}
+        s = Schedule(**{**asdict(s), **smaller})
+    s.check(k, group_size)
+    return s

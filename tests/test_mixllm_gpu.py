@@ -1,0 +1,157 @@
+"""The mixllm format's TileLang kernels on a CUDA GPU against the exact reference (skipped
+without CUDA): grouped activation quantization, the decode GEMV, the tensor-core kernel.
+
+Bit-equality is the claim (every kernel keeps the format's fp32 chain order); the float64
+bound (:func:`mixkern.tolerance`) is checked too, so a failure says which one broke."""
+
+import os
+import random
+
+import pytest
+import torch
+
+import mixkern
+from mixkern import quantize_activation, quantize_weight, tolerance
+from mixkern.reference import float64_gemm_quantized, quantize_for, reference_gemm_quantized
+from kernel_jobs import STRUCTURAL
+from strategies import within
+
+pytestmark = pytest.mark.gpu
+SEED = int(os.environ.get("MIXKERN_SEED", random.randrange(2**31)))  # fresh shapes every run; set it to replay
+GROUPS = (64, 128, 256)
+SPLITS = (0.0, 0.1, 1.0)
+ANY_SHAPES = [(r.choice([1, r.randint(2, 16), r.randint(17, 600), r.randint(601, 5000)]), r.randint(1, 20000),
+               128 * r.randint(1, 256)) for r in [random.Random(SEED + 1)] for _ in range(16)]  # (M, N, K)
+ACT_KS = (128, 896, 3584, 8960, 18944, 131072)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def compiled_kernels():
+    """Every kernel this module runs, compiled first on all cores."""
+    from mixkern.kernels.launch import arch_of, kernel_jobs, kernel_jobs_any_split, sm_count
+    from mixkern.schedules import fit, pick
+    from mixkern.warmup import compile_jobs
+    device = torch.device("cuda")
+    arch, sms = arch_of(device), sm_count(device)
+    jobs = [j for s in STRUCTURAL for g in GROUPS for d in ("float16", "bfloat16")
+            for j in kernel_jobs_any_split(arch, _k_for(g), g, fit(s, _k_for(g), g), d, "mixllm")]
+    for m, n, k in ANY_SHAPES:
+        jobs += [j for f in SPLITS for j in kernel_jobs(arch, k, 128, pick(arch, m, n, k, 128, round(f * n), sms),
+                                                          _dtype(m, n, k), round(f * n) < n, f > 0, "mixllm")]
+    jobs += [("act_group", arch, k, g, d) for k in ACT_KS for g in (64, 128) for d in ("float16", "bfloat16")]
+    compile_jobs(list(dict.fromkeys(jobs)))
+
+
+def _k_for(group_size):
+    return {64: 3584, 128: 4096, 256: 4608}[group_size]
+
+
+def _dtype(m, n, k):
+    return ("float16", "bfloat16")[(m + n + k) % 2]
+
+
+@pytest.fixture(autouse=True)
+def poison_outputs(monkeypatch):
+    from mixkern.kernels import launch
+    monkeypatch.setattr(launch, "POISON_OUTPUT", True)
+
+
+def _inputs(seed, m, n, k, fraction, dtype, group_size=128):
+    """Weights with outlier rows, activations with outlier channels and per-token magnitudes."""
+    gen = torch.Generator(device="cuda").manual_seed(seed)
+    w = torch.randn(n, k, device="cuda", generator=gen) * 0.05
+    w[torch.randint(0, n, (max(1, n // 20),), device="cuda", generator=gen)] *= 10
+    idx = torch.randperm(n, device="cuda", generator=gen)[: round(fraction * n)]
+    x = torch.randn(m, k, device="cuda", generator=gen) * torch.exp(torch.randn(m, 1, device="cuda", generator=gen))
+    x[:, torch.randint(0, k, (max(1, k // 500),), device="cuda", generator=gen)] *= 300  # activation outlier channels
+    return quantize_weight(w, idx.cpu().tolist(), group_size, format="mixllm"), x.to(dtype)
+
+
+def _check(x, pw, schedule=None):
+    """Kernel output vs the reference: no unwritten element, inside the float64 bound, and the
+    fraction of elements not bit-equal (the tests want 0)."""
+    from mixkern.kernels.launch import gemm_cuda
+    y = gemm_cuda(x, pw, schedule) if schedule else mixkern.gemm(x, pw)
+    xq, a = quantize_for(x, pw)
+    assert not torch.isnan(y).any(), "kernel left outputs unwritten"
+    rows = max(1, int(2**28 // (pw.out_features * a.shape[1])))  # the float64 terms are (M, N, J): in slices of tokens
+    for r in range(0, x.shape[0], rows):
+        sl = slice(r, r + rows)
+        assert within(y[sl], float64_gemm_quantized(xq[sl], a[sl], pw), tolerance(xq[sl], a[sl], pw, x.dtype))
+    return (y != reference_gemm_quantized(xq, a, pw, x.dtype)).float().mean().item()
+
+
+@pytest.mark.parametrize("schedule", STRUCTURAL, ids=lambda s: s.key)
+@pytest.mark.parametrize("group_size", GROUPS)
+@pytest.mark.parametrize("m", [1, 3, 16, 77])
+def test_every_code_path_is_bit_exact(schedule, group_size, m):
+    """Each code path (fused / plain / multi-token decode, small and large tensor-core tiles; a
+    split-K schedule runs without split-K), each weight group (activation groups 64, 128),
+    every precision mix and dtype, on awkward M and N."""
+    from mixkern.schedules import fit
+    k = _k_for(group_size)
+    s = fit(schedule, k, group_size)
+    for fraction in SPLITS:
+        for dtype in (torch.float16, torch.bfloat16):
+            pw, x = _inputs(m * 7 + group_size, m, 520, k, fraction, dtype, group_size)
+            assert _check(x, pw, s) == 0.0
+
+
+@pytest.mark.parametrize("m, n, k", ANY_SHAPES, ids=lambda v: str(v))
+@pytest.mark.parametrize("fraction", SPLITS)
+def test_any_k_and_n(m, n, k, fraction):
+    """K any multiple of 128 up to 32768, N up to 20000, M up to 5000, drawn afresh each run
+    (MIXKERN_SEED replays a draw), the op's own schedule: bit-equal to the reference."""
+    dtype = getattr(torch, _dtype(m, n, k))
+    pw, x = _inputs(SEED + m + n + k, m, n, k, fraction, dtype)
+    assert _check(x, pw) == 0.0, f"MIXKERN_SEED={SEED}"
+
+
+@pytest.mark.parametrize("k", ACT_KS)
+@pytest.mark.parametrize("group", [64, 128])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_grouped_activation_quantization_is_the_reference_rule(k, group, dtype):
+    """xq and a (M, K / group) bit-equal to quantize_activation(x, group_size=group), with an
+    all-zero group (a = 0), an outlier channel, and NaN / Inf groups (a = inf there only)."""
+    from mixkern.kernels.launch import quantize_activation_cuda
+    gen = torch.Generator(device="cuda").manual_seed(k + group)
+    x = (torch.randn(5, k, device="cuda", generator=gen) * 3).to(dtype)
+    x[0, :group] = 0
+    x[1, 5] = 1000
+    x[2, k - 1] = float("nan")
+    x[3, k // 2] = float("inf")
+    xq, a = quantize_activation_cuda(x, group_size=group)
+    xq_ref, a_ref = quantize_activation(x, group_size=group, check=False)
+    assert torch.equal(a, a_ref)
+    finite = torch.isfinite(a_ref).repeat_interleave(group, dim=1)
+    assert torch.equal(xq[finite], xq_ref[finite])
+
+
+@pytest.mark.parametrize("m", [1, 3, 16, 77])
+def test_a_non_finite_token_poisons_only_its_own_row(m):
+    from mixkern.kernels.launch import gemm_cuda
+    pw, x = _inputs(m, m, 700, 4096, 0.1, torch.float16)
+    x[0, 17] = float("nan")
+    y = gemm_cuda(x, pw)
+    assert not torch.isfinite(y[0]).any()
+    if m > 1:
+        xq, a = quantize_for(x[1:], pw)
+        assert torch.equal(y[1:], reference_gemm_quantized(xq, a, pw, x.dtype))
+
+
+def test_mixlinear_and_cuda_graph_run_the_mixllm_kernels():
+    """A mixllm MixLinear on the GPU is the op, eager and replayed from a CUDA graph."""
+    pw, x = _inputs(3, 5, 1536, 1536, 0.1, torch.bfloat16)
+    layer = mixkern.MixLinear(pw)
+    xq, a = quantize_for(x, pw)
+    ref = reference_gemm_quantized(xq, a, pw, x.dtype)
+    assert torch.equal(layer(x), ref)
+    static_x = x.clone()
+    layer(static_x)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        y = layer(static_x)
+    static_x.copy_(x.flip(0))
+    graph.replay()
+    xq, a = quantize_for(x.flip(0), pw)
+    assert torch.equal(y, reference_gemm_quantized(xq, a, pw, x.dtype))
