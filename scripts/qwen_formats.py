@@ -7,16 +7,35 @@ Same held-out windows, calibration and salience as ``python -m mixkern.eval --mo
 qwen2.5-1.5b --table --salience FILE`` (give that run's file: the global 10% features are
 chosen once, by the MixLLM estimator, and used for both formats, so only the format
 differs).  Prints W4A8 0% and global 10% per format, with each mixllm row's difference to
-the progressive row paired over the windows.  Time on 2 CPU cores: load and fp reference
-~7 min, each progressive row ~4 min for 16 windows; each mixllm row runs the format's exact
-per-group fp32 FMA chain (70 groups in down_proj) and took over 4 min for its first window,
-so on a CPU use ``--windows 4`` (the comparison is paired, window by window).
+the progressive row paired over the windows.
+
+On CPU the layers run ``use_cpu_gemm(model, exact=False)``: progressive rows stay bit-exact;
+mixllm rows take the float64 path (``mixkern.models.cpu_gemm.mixllm_float64``) instead of the
+format's exact per-group fp32 FMA chain, which CPUs do not vectorize (~2 min a window).
+Perplexity does not need that chain's rounding: the float64 sum is within the format's
+tolerance of the ideal (~1e-7 relative from the chain, one output ulp in a few elements of
+10,000), and 20x faster (a decoder layer 4.5 s -> 0.22 s for 512 tokens).  Time on 2 CPU
+cores for 16 windows: 18 min (load and fp reference ~7 min, each progressive row ~1 min,
+each mixllm row ~2.5 min).
 """
 
 import argparse
 import sys
 
 import torch
+
+
+def measure(model, held, desc, fraction, fmt, scores, packs):
+    """(bits/weight, per-window losses) of one configuration, as ``mixkern.eval._measure`` but
+    with the fast CPU layers (``exact=False``): the exact mixllm chain would take hours here."""
+    from mixkern.eval import window_losses
+    from mixkern.model import QuantConfig, quantize_model
+    from mixkern.models.cpu_gemm import use_cpu_gemm
+    report = quantize_model(model, None, QuantConfig(fraction=fraction, format=fmt, second_order="mixllm"),
+                            salience=scores, packs=packs)
+    if next(model.parameters()).device.type == "cpu":
+        use_cpu_gemm(model, exact=False)
+    return report.average_bits, window_losses(model, held, 1, desc)
 
 
 def main() -> int:
@@ -26,7 +45,7 @@ def main() -> int:
     p.add_argument("--seq-len", type=int, default=512)
     p.add_argument("--calib-seqs", type=int, default=16)
     args = p.parse_args()
-    from mixkern.eval import Row, _measure, _swap_back, paired, window_losses
+    from mixkern.eval import Row, _swap_back, paired, window_losses
     from mixkern.models.evaluate import cached_salience, data
     from mixkern.models.qwen import load_qwen
     from mixkern.quantize.salience import all_precisions, quantizable_linears
@@ -42,11 +61,13 @@ def main() -> int:
     for fmt in ("progressive", "mixllm"):
         packs = {n: all_precisions(m.weight, 128, fmt) for n, m in layers.items()}
         for label, fraction in (("W4A8 g128, 0% 8-bit", 0.0), ("MixLLM global 10%", 0.10)):
-            rows[fmt, label] = _measure(model, held, f"{label} [{fmt}]", {"fraction": fraction, "format": fmt},
-                                        salience["mixllm"], packs, 1, "mixllm")
+            rows[fmt, label] = Row(label, *measure(model, held, f"{label} [{fmt}]", fraction, fmt,
+                                                   salience["mixllm"], packs))
             _swap_back(model, layers)
     print(f"\nQwen2.5-Coder-1.5B, {len(held)} x {args.seq_len} held-out Austen tokens; fp reference "
           f"(dequantized GGUF, fp32) perplexity {fp.ppl:.4f}; 8-bit features chosen once (MixLLM estimator)\n")
+    print("mixllm rows: float64 sum of the exact int32 group partials (CPUMixLinear(exact=False)), within the format's "
+          "tolerance of its exact fp32 FMA chain, not bit-exact; progressive rows: bit-exact\n")
     print("| configuration | format (activations) | bits/weight | perplexity | Δ vs fp ± SE | mixllm − progressive ± SE |")
     print("|---|---|---:|---:|---:|---:|")
     for (fmt, label), r in rows.items():
