@@ -63,3 +63,18 @@ def within(y: torch.Tensor, y64: torch.Tensor, tol: torch.Tensor) -> bool:
     yd = y.to(torch.float64)
     saturated = (yd[big].abs() >= top) & (torch.sign(yd[big]) == torch.sign(y64[big]))
     return bool(saturated.all()) and bool(((yd - y64).abs()[~big] <= tol[~big]).all())
+
+
+def gpu_case(seed, m, n, k, fraction, dtype, group_size=128, format="progressive", outlier_channels=False):
+    """(PackedWeight, x) on the GPU for the kernel tests: weights with 5% outlier rows (x10),
+    ``fraction`` of the rows 8-bit, activations with per-token magnitudes spread over e^±2 and,
+    with ``outlier_channels``, a few channels x300 (what MixLLM's per-group scales are for)."""
+    from mixkern import quantize_weight
+    gen = torch.Generator(device="cuda").manual_seed(seed)
+    w = torch.randn(n, k, device="cuda", generator=gen) * 0.05
+    w[torch.randint(0, n, (max(1, n // 20),), device="cuda", generator=gen)] *= 10
+    idx = torch.randperm(n, device="cuda", generator=gen)[: round(fraction * n)]
+    x = torch.randn(m, k, device="cuda", generator=gen) * torch.exp(torch.randn(m, 1, device="cuda", generator=gen))
+    if outlier_channels:
+        x[:, torch.randint(0, k, (max(1, k // 500),), device="cuda", generator=gen)] *= 300
+    return quantize_weight(w, idx.cpu().tolist(), group_size, format=format), x.to(dtype)

@@ -13,7 +13,7 @@ from mixkern import quantize_activation, quantize_weight, tolerance
 from mixkern.reference import float64_gemm_quantized, reference_gemm_quantized
 from mixkern.schedules import GemvSchedule, Schedule, pick
 from kernel_jobs import STRUCTURAL, heuristic_schedules
-from strategies import within
+from strategies import gpu_case, within
 
 pytestmark = pytest.mark.gpu
 KS = (128, 512, 4096)  # K is compiled in; M, N and the 4-/8-bit split are dynamic
@@ -71,12 +71,7 @@ def poison_outputs(monkeypatch):
 
 
 def _inputs(seed, m, n, k, fraction, dtype, group_size=128):
-    gen = torch.Generator(device="cuda").manual_seed(seed)
-    w = torch.randn(n, k, device="cuda", generator=gen) * 0.05
-    w[torch.randint(0, n, (max(1, n // 20),), device="cuda", generator=gen)] *= 10
-    idx = torch.randperm(n, device="cuda", generator=gen)[: round(fraction * n)]
-    x = torch.randn(m, k, device="cuda", generator=gen) * torch.exp(torch.randn(m, 1, device="cuda", generator=gen))
-    return quantize_weight(w, idx.cpu().tolist(), group_size), x.to(dtype)
+    return gpu_case(seed, m, n, k, fraction, dtype, group_size)
 
 
 def _check(x, pw, schedule=None):

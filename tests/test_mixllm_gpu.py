@@ -11,10 +11,10 @@ import pytest
 import torch
 
 import mixkern
-from mixkern import quantize_activation, quantize_weight, tolerance
+from mixkern import quantize_activation, tolerance
 from mixkern.reference import float64_gemm_quantized, quantize_for, reference_gemm_quantized
 from kernel_jobs import STRUCTURAL
-from strategies import within
+from strategies import gpu_case, within
 
 pytestmark = pytest.mark.gpu
 SEED = int(os.environ.get("MIXKERN_SEED", random.randrange(2**31)))  # fresh shapes every run; set it to replay
@@ -57,14 +57,7 @@ def poison_outputs(monkeypatch):
 
 
 def _inputs(seed, m, n, k, fraction, dtype, group_size=128):
-    """Weights with outlier rows, activations with outlier channels and per-token magnitudes."""
-    gen = torch.Generator(device="cuda").manual_seed(seed)
-    w = torch.randn(n, k, device="cuda", generator=gen) * 0.05
-    w[torch.randint(0, n, (max(1, n // 20),), device="cuda", generator=gen)] *= 10
-    idx = torch.randperm(n, device="cuda", generator=gen)[: round(fraction * n)]
-    x = torch.randn(m, k, device="cuda", generator=gen) * torch.exp(torch.randn(m, 1, device="cuda", generator=gen))
-    x[:, torch.randint(0, k, (max(1, k // 500),), device="cuda", generator=gen)] *= 300  # activation outlier channels
-    return quantize_weight(w, idx.cpu().tolist(), group_size, format="mixllm"), x.to(dtype)
+    return gpu_case(seed, m, n, k, fraction, dtype, group_size, "mixllm", outlier_channels=True)
 
 
 def _check(x, pw, schedule=None):
