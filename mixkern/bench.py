@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from .format import PackedWeight
 from .peers import PEER_NAMES, PEERS, available, relative_error
 from .quantize import quantize_activation, quantize_weight
-from .reference import float64_gemm_quantized, quantize_for, tolerance
+from .reference import float64_gemm_quantized, quantize_for, token_slices, tolerance
 from .schedules import fit, pick
 from .schedules.heuristic import choose
 
@@ -106,9 +106,6 @@ def w8a8_torch(x, w8t, s8):
     return (torch._int_mm(xq, w8t).float() * a[:, None] * s8[None]).to(x.dtype)
 
 
-REF_ELEMENTS = 2**27  # float64 elements per reference chunk (1 GiB): mixllm's reference is (M, N, K/128)
-
-
 def check(x, pw: PackedWeight, schedule=None) -> float:
     """Max |y - y_float64| / tolerance (<= 1 passes; inf if any output was left unwritten),
     with outputs poisoned first; ``schedule`` overrides the table's.  The reference runs a few
@@ -119,11 +116,8 @@ def check(x, pw: PackedWeight, schedule=None) -> float:
         y = gemm_cuda(x, pw, schedule) if schedule else gemm(x, pw)
     if torch.isnan(y).any():
         return float("inf")
-    xq, a = quantize_for(x, pw)
-    groups = pw.shape[1] // (pw.format.act_group_size(pw.group_size) or pw.shape[1])
-    step, worst = max(1, REF_ELEMENTS // (pw.shape[0] * groups)), 0.0
-    for i in range(0, x.shape[0], step):
-        rows = slice(i, i + step)
+    xq, a, worst = *quantize_for(x, pw), 0.0
+    for rows in token_slices(x.shape[0], pw):
         err = (y[rows].to(torch.float64) - float64_gemm_quantized(xq[rows], a[rows], pw)).abs()
         worst = max(worst, (err / tolerance(xq[rows], a[rows], pw, x.dtype)).max().item())
     return worst
@@ -187,7 +181,8 @@ def _time_progressive(row, x, xs, pws, r):
 
 def _time_formats(row, x, xs, pws, formats, r, notes):
     """The other formats' columns (``{fmt}_{f}_ms``, ``err_{fmt}_{f}``).  A format whose CUDA op
-    raises NotImplementedError (mixllm until its kernel lands) leaves ``formats``, with a note."""
+    raises NotImplementedError (none today: both formats have CUDA kernels) leaves ``formats``,
+    with a note."""
     from .ops import gemm
     for fmt in formats[1:]:
         try:

@@ -104,6 +104,18 @@ def reference_gemm(x: torch.Tensor, pw: PackedWeight) -> torch.Tensor:
     return reference_gemm_quantized(xq, a, pw.to(x.device), x.dtype)
 
 
+FLOAT64_TERMS_PER_SLICE = 2**27  # 1 GiB: mixllm's float64 terms are (M, N, K / A)
+
+
+def token_slices(m: int, pw: PackedWeight):
+    """Row slices of M tokens small enough that :func:`float64_gemm_quantized` and
+    :func:`tolerance` of one slice hold at most :data:`FLOAT64_TERMS_PER_SLICE` float64 terms
+    (a checker of large M runs them slice by slice)."""
+    groups = pw.shape[1] // (pw.format.act_group_size(pw.group_size) or pw.shape[1])
+    step = max(1, FLOAT64_TERMS_PER_SLICE // (pw.shape[0] * groups))
+    return [slice(i, i + step) for i in range(0, m, step)]
+
+
 def _terms64(xq: torch.Tensor, a: torch.Tensor, pw: PackedWeight) -> torch.Tensor:
     """MIXLLM: the float64 terms a[m, j] * s[n, j] * p[m, n, j], shape (M, N, J)."""
     a, s, span = _act_scales(a, pw)

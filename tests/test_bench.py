@@ -162,7 +162,8 @@ def test_check_in_token_chunks_matches_one_pass(fmt, monkeypatch):
     x = torch.randn(5, 256, generator=gen).half()
     pw = quantize_weight(w, [1, 5], format=fmt)
     whole = bench.check(x, pw)
-    monkeypatch.setattr(bench, "REF_ELEMENTS", 128)  # 1 or 2 tokens per chunk
+    import mixkern.reference
+    monkeypatch.setattr(mixkern.reference, "FLOAT64_TERMS_PER_SLICE", 128)  # 1 or 2 tokens per chunk
     assert bench.check(x, pw) == whole <= 1.0
 
 

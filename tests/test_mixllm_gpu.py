@@ -12,7 +12,7 @@ import torch
 
 import mixkern
 from mixkern import quantize_activation, tolerance
-from mixkern.reference import float64_gemm_quantized, quantize_for, reference_gemm_quantized
+from mixkern.reference import float64_gemm_quantized, quantize_for, reference_gemm_quantized, token_slices
 from kernel_jobs import STRUCTURAL
 from strategies import gpu_case, within
 
@@ -23,6 +23,13 @@ SPLITS = (0.0, 0.1, 1.0)
 ANY_SHAPES = [(r.choice([1, r.randint(2, 16), r.randint(17, 600), r.randint(601, 5000)]), r.randint(1, 20000),
                128 * r.randint(1, 256)) for r in [random.Random(SEED + 1)] for _ in range(16)]  # (M, N, K)
 ACT_KS = (128, 896, 3584, 8960, 18944, 131072)
+MODEL_MS = (1, 3, 17, 100, 3000)  # awkward token counts nobody tuned for
+
+
+def _model_layers():
+    """(N, K) of every distinct layer of two real models (K = 1536, 3584, 8960, 18944)."""
+    from mixkern.shapes import CONFIGS, layer_shapes
+    return sorted({s for name in ("qwen2.5-1.5b", "qwen2.5-7b") for s in layer_shapes(CONFIGS[name]).values()})
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -38,6 +45,8 @@ def compiled_kernels():
     for m, n, k in ANY_SHAPES:
         jobs += [j for f in SPLITS for j in kernel_jobs(arch, k, 128, pick(arch, m, n, k, 128, round(f * n), sms),
                                                           _dtype(m, n, k), round(f * n) < n, f > 0, "mixllm")]
+    jobs += [j for n, k in _model_layers() for m in MODEL_MS
+             for j in kernel_jobs(arch, k, 128, pick(arch, m, n, k, 128, n // 10, sms), "float16", fmt="mixllm")]
     jobs += [("act_group", arch, k, g, d) for k in ACT_KS for g in (64, 128) for d in ("float16", "bfloat16")]
     compile_jobs(list(dict.fromkeys(jobs)))
 
@@ -67,9 +76,7 @@ def _check(x, pw, schedule=None):
     y = gemm_cuda(x, pw, schedule) if schedule else mixkern.gemm(x, pw)
     xq, a = quantize_for(x, pw)
     assert not torch.isnan(y).any(), "kernel left outputs unwritten"
-    rows = max(1, int(2**28 // (pw.out_features * a.shape[1])))  # the float64 terms are (M, N, J): in slices of tokens
-    for r in range(0, x.shape[0], rows):
-        sl = slice(r, r + rows)
+    for sl in token_slices(x.shape[0], pw):  # the float64 terms are (M, N, K / A): a few tokens at a time
         assert within(y[sl], float64_gemm_quantized(xq[sl], a[sl], pw), tolerance(xq[sl], a[sl], pw, x.dtype))
     return (y != reference_gemm_quantized(xq, a, pw, x.dtype)).float().mean().item()
 
@@ -98,6 +105,15 @@ def test_any_k_and_n(m, n, k, fraction):
     dtype = getattr(torch, _dtype(m, n, k))
     pw, x = _inputs(SEED + m + n + k, m, n, k, fraction, dtype)
     assert _check(x, pw) == 0.0, f"MIXKERN_SEED={SEED}"
+
+
+@pytest.mark.parametrize("n, k", _model_layers(), ids=lambda v: str(v))
+def test_real_model_layers(n, k):
+    """Every layer shape of Qwen2.5-1.5B and -7B (fused q/k/v and gate/up included), 10% 8-bit
+    rows, at M = 1, 3, 17, 100, 3000 with the op's own schedule: bit-equal to the reference."""
+    for m in MODEL_MS:
+        pw, x = _inputs(m + n + k, m, n, k, 0.1, torch.float16)
+        assert _check(x, pw) == 0.0, f"M={m}"
 
 
 @pytest.mark.parametrize("k", ACT_KS)

@@ -130,7 +130,7 @@ def compiled(kind: str, arch: str, *args):
 
 
 def kernel_jobs(arch: str, k: int, group_size: int, schedule: AnySchedule, dtype: str,
-                has4: bool = True, has8: bool = True, fmt: str = "progressive") -> list[tuple]:
+                has4: bool = True, has8: bool = True, fmt: WeightFormat | str = "progressive") -> list[tuple]:
     """The ``compiled`` argument tuples that one GEMM with this schedule launches (``fmt``:
     a :class:`WeightFormat` value or alias; the mixllm kernels take :func:`for_mixllm`'s schedule)."""
     if WeightFormat.parse(fmt) is WeightFormat.MIXLLM:
@@ -175,11 +175,16 @@ def quantize_activation_cuda(x: torch.Tensor, arch: str | None = None,
 
 
 def _quantize(act_kernel, x: torch.Tensor, span: int | None) -> tuple[torch.Tensor, torch.Tensor]:
-    m, k = x.shape
-    xq = torch.empty(m, k, dtype=torch.int8, device=x.device)  # torch.empty: faster than new_empty
-    a = torch.empty((m,) if span is None else (m, k // span), dtype=torch.float32, device=x.device)
+    xq = torch.empty(x.shape, dtype=torch.int8, device=x.device)  # torch.empty: faster than new_empty
+    a = _scales(x, span)
     act_kernel(_aligned(x), xq, a)
     return xq, a
+
+
+def _scales(x: torch.Tensor, span: int | None) -> torch.Tensor:
+    """The activation scales' buffer: float32 (M,) per token, (M, K / span) per group."""
+    m, k = x.shape
+    return torch.empty((m,) if span is None else (m, k // span), dtype=torch.float32, device=x.device)
 
 
 def _aligned(t: torch.Tensor) -> torch.Tensor:
@@ -218,7 +223,7 @@ class _Plan:
 
     def __init__(self, arch: str, device: torch.device, k: int, group_size: int, has4: bool, has8: bool,
                  schedule: AnySchedule, dtype: torch.dtype, fmt: WeightFormat = WeightFormat.PROGRESSIVE):
-        jobs = kernel_jobs(arch, k, group_size, schedule, TL_DTYPES[dtype], has4, has8, fmt.value)
+        jobs = kernel_jobs(arch, k, group_size, schedule, TL_DTYPES[dtype], has4, has8, fmt)
         kernels = {job[0]: compiled(*job) for job in jobs}
         self.act = kernels.get("act") or kernels.get("act_group")  # none: a fused decode kernel
         self.epi = kernels.get("epi")
@@ -230,15 +235,14 @@ class _Plan:
 
     def run(self, x: torch.Tensor, n: int, rows4: tuple, rows8: tuple) -> torch.Tensor:
         """y (M, N); rows4 / rows8: the weight tensors in the kernel's argument order, weights first."""
-        m, k = x.shape
+        m = x.shape[0]
         y = torch.empty(m, n, dtype=x.dtype, device=x.device)
         if POISON_OUTPUT:
             y.fill_(float("nan"))
         rows4 = self.empty4 or ((_words(rows4[0]), *rows4[1:]) if self.words else rows4)
         rows8 = self.empty8 or ((_words(rows8[0]), *rows8[1:]) if self.words else rows8)
         if self.act is None:  # the fused decode kernel quantizes x itself ('a' is its scratch)
-            a = torch.empty((m,) if self.span is None else (m, k // self.span), dtype=torch.float32, device=x.device)
-            self.main(_aligned(x), a, *rows4, *rows8, y)
+            self.main(_aligned(x), _scales(x, self.span), *rows4, *rows8, y)
             return y
         xq, a = _quantize(self.act, x, self.span)
         if self.words:

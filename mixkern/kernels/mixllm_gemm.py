@@ -17,6 +17,7 @@ the promotion costs one FMA per accumulator per group.
 
 import tilelang.language as T
 
+from ..format import WeightFormat
 from ..schedules import Schedule
 from .int4_decode import DECODE_BARRIER, DECODE_SOURCE, consumer_groups, int4_decode_tile
 from .mixed_gemm import DTYPES
@@ -34,7 +35,7 @@ def mixllm_gemm(k: int, group_size: int, schedule: Schedule, out_dtype: str = "f
     """
     if not (has4 or has8):
         raise ValueError("mixllm_gemm needs 4-bit rows, 8-bit rows, or both")
-    span = min(group_size, 128)
+    span = WeightFormat.MIXLLM.act_group_size(group_size)
     s = schedule
     if s.block_k != span or s.split_k != 1:
         raise ValueError(f"{s}: the mixllm kernel takes one activation group per K tile (block_k={span}) and no split-K")

@@ -23,6 +23,7 @@ words and group scales stay in registers for all the block's row groups.
 import tilelang.language as T
 from tvm import tirx
 
+from ..format import WeightFormat
 from ..schedules import GemvSchedule
 from .act_quant import magnitude
 from .decode_gemv import K_PER_LANE, LOW_NIBBLES, ONES, WORDS, _dp4a
@@ -50,7 +51,7 @@ def mixllm_gemv(k: int, group_size: int, schedule: GemvSchedule, out_dtype: str 
     if not (has4 or has8):
         raise ValueError("mixllm_gemv needs 4-bit rows, 8-bit rows, or both")
     schedule.check(k, group_size)
-    span = min(group_size, 128)  # the activation group (mixkern.format)
+    span = WeightFormat.MIXLLM.act_group_size(group_size)
     lanes = span // K_PER_LANE  # lanes per activation group: 2 or 4
     rows, warps, tokens, fused = schedule.rows, schedule.warps, schedule.tokens, schedule.fused
     threads = 32 * warps

@@ -188,7 +188,8 @@ def for_mixllm(schedule: AnySchedule, k: int, group_size: int, arch: str,
     if isinstance(schedule, GemvSchedule):
         schedule.check(k, group_size)
         return schedule
-    span = min(group_size, 128)
+    from ..format import WeightFormat
+    span = WeightFormat.MIXLLM.act_group_size(group_size)
     s = Schedule(**{**asdict(schedule), "block_k": span, "split_k": 1})
     limit = SHARED_BYTES.get(arch.split("+")[0], 99 * 1024)
     while s.block_m > 16 and s.block_m * s.block_n // s.threads > MIXLLM_MAX_ACC_PER_THREAD:
