@@ -23,9 +23,11 @@ from mixkern.shapes import shardings
 ARCHS = ("sm_80", "sm_90a")
 BUCKET_MS = (1, 4, 16, 32, 64, 256, 1024, 4096)
 ODD_K = (384, 640, 57344, 81920, 114688, MAX_IN_FEATURES)  # the model configs hold the odd factors in between
-STRUCTURAL = (  # one schedule per code path: plain / fused / streamed GEMV, small and large tiles, split-K
+STRUCTURAL = (  # one schedule per code path: plain / fused / streamed GEMV, small and large tiles, split-K,
+    # the predecoded GEMM on one and two consumer warpgroups
     GemvSchedule(4, 2, 1), GemvSchedule(8, 4, 1, 4, True), GemvSchedule(8, 1, 4), Schedule(16, 64, 128, 4, 128),
-    Schedule(64, 64, 128, 3, 128, 4), Schedule(256, 128, 128, 3, 256))
+    Schedule(64, 64, 128, 3, 128, 4), Schedule(256, 128, 128, 3, 256), Schedule(64, 128, 128, 4, 128, predecode=True),
+    Schedule(128, 256, 128, 3, 256, predecode=True))
 
 
 def model_shapes() -> list[tuple[int, int, int]]:

@@ -29,8 +29,14 @@ def check_instructions(job, src: str) -> None:
         # fused: the block quantizes x itself (block-wide max, IEEE division, round half to even)
         assert ("warp_reduce_max" in src and "nearbyintf" in src and "CUDART_INF_F" in src) == job[4].fused
         return
-    if kind.startswith("mixllm") or kind == "act_group":
+    if kind.startswith("mixllm") or kind == "act_group" or (kind == "int8_gemm" and len(job) > 5):
         check_mixllm_instructions(job, src)
+        return
+    if kind == "predecode":  # whole rows of 32 codes: the word-wise decode, 16-byte copies of 8-bit rows
+        assert (src.count("mixkern_decode16(") > 1) == job[5] and (src.count("mixkern_copy32(") > 1) == job[6]
+        return
+    if kind == "int8_gemm":
+        check_int8_gemm_instructions(job, src)
         return
     if kind != "mma":
         return
@@ -49,6 +55,17 @@ def check_instructions(job, src: str) -> None:
     assert (src.count("mixkern_decode16(") > 1) == has4  # a call besides the definition
 
 
+def check_int8_gemm_instructions(job, src: str) -> None:
+    """The predecoded GEMM: int8 tensor cores fed by TMA (warp-specialized) on sm_90a, by
+    cp.async on sm_80; output tiles leave through shared memory (TMA store / 16-byte runs)."""
+    int8_mma = "DataType::kInt8, tl::DataType::kInt8, tl::DataType::kInt32"
+    if job[1] == "sm_90a":
+        assert f"tl::wgmma_ss<tl::{int8_mma}" in src and "tma_load" in src and "tma_store" in src
+    else:
+        assert f"tl::mma_sync<tl::{int8_mma}" in src and "cp_async_gs" in src
+    assert "mixkern_decode16" not in src
+
+
 def check_mixllm_instructions(job, src: str) -> None:
     """mixllm: group maxima and partials by warp shuffles, the fp32 chain as __fmul_rn /
     __fmaf_rn (never contracted or reordered by the compiler), int8 MMAs on tensor cores."""
@@ -62,15 +79,16 @@ def check_mixllm_instructions(job, src: str) -> None:
         assert ("nearbyintf" in src) == job[4].fused
         return
     int8_mma = "DataType::kInt8, tl::DataType::kInt8, tl::DataType::kInt32"
-    assert (f"tl::wgmma_ss<tl::{int8_mma}" in src) if arch == "sm_90a" and job[4].block_m >= 64 else \
+    block_m = job[3].block_m if kind == "int8_gemm" else job[4].block_m
+    assert (f"tl::wgmma_ss<tl::{int8_mma}" in src) if arch == "sm_90a" and block_m >= 64 else \
         (f"tl::mma_sync<tl::{int8_mma}" in src or f"tl::wgmma_ss<tl::{int8_mma}" in src)
     assert "tma_load" not in src  # no warp specialization (launch._pass_configs)
-    assert (src.count("mixkern_decode16(") > 1) == job[6]
+    assert (src.count("mixkern_decode16(") > 1) == (kind == "mixllm_mma" and job[6])
 
 
 @pytest.mark.parametrize("job", mixllm_jobs(), ids=job_id)
 def test_every_mixllm_code_path_compiles(job, kernel_source):
-    check_mixllm_instructions(job, kernel_source(job))
+    check_instructions(job, kernel_source(job))
 
 
 @pytest.mark.parametrize("job", shape_jobs(), ids=job_id)

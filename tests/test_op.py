@@ -187,6 +187,40 @@ def test_launch_passes_each_kernel_its_arguments(recorded_launches, case, eight)
     assert epi[-1] is y
 
 
+@pytest.mark.parametrize("fmt", ["progressive", "mixllm"])
+@pytest.mark.parametrize("eight", [None, [0, 3, 17], "all"])
+def test_predecoded_launch_passes_each_kernel_its_arguments(recorded_launches, fmt, eight):
+    """The long-prompt path, checked on CPU: activation quantization, the whole-layer decode
+    (each format's row tensors in the tensor-core kernels' order, into an N x K int8 workspace
+    and its scales: fp32 (N,) for progressive, fp32 K-major (K / group, N) for mixllm), then the
+    int8 GEMM on that workspace (mixllm's activation scales K-major) writing y."""
+    from mixkern.schedules import Schedule
+    launch, calls, compiles = recorded_launches
+    schedule = Schedule(64, 128, 128, 4, 128, predecode=True)
+    pw = quantize_weight(torch.randn(24, 512), eight, 128, fmt)
+    x = torch.randn(5, 512, dtype=torch.float16)
+    y = launch.gemm_cuda(x, pw, schedule, "sm_90a")
+    mixllm = fmt == "mixllm"
+    assert [kind for kind, _ in calls] == ["act_group" if mixllm else "act", "predecode", "int8_gemm"]
+    act, dec, gemm = (args for _, args in calls)
+    rows = ((pw.qweight4, pw.zeros4, pw.scales4, pw.idx4) if mixllm else
+            (pw.qweight4, pw.scales4, pw.zeros4, pw.chan_scale4, pw.idx4)) + (pw.qweight8, pw.scale8, pw.idx8)
+    for got, want in zip(dec, rows):
+        assert got is want or not want.numel()  # else a one-row stand-in of the absent precision
+    wd, sd = dec[-2], dec[-1]
+    assert wd.dtype == torch.int8 and wd.shape == (24, 512) and sd.dtype == torch.float32
+    assert sd.shape == ((512 // 128, 24) if mixllm else (24,))
+    assert gemm[0] is act[1] and gemm[2] is wd and gemm[3] is sd and gemm[4] is y and y.shape == (5, 24)
+    if mixllm:  # activation scales (M, K / A) handed over K-major
+        assert gemm[1].shape == (512 // 128, 5) and torch.equal(gemm[1].nan_to_num(), act[2].t().nan_to_num())
+    else:
+        assert gemm[1] is act[2]
+    job = next(c for c in compiles if c[0] == "int8_gemm")
+    assert job[3].block_k == 128 and (len(job) > 5) == mixllm
+    with pytest.raises(ValueError, match="multiple of 8"):
+        launch.gemm_cuda(x, quantize_weight(torch.randn(20, 512), eight, 128, fmt), schedule, "sm_90a")
+
+
 def test_launch_picks_once_per_shape(recorded_launches, monkeypatch):
     launch, calls, compiles = recorded_launches
     picks = []

@@ -76,6 +76,7 @@ def test_heuristic_schedules_run_any_shape_and_fill_small_grids(m, n, k, fractio
         assert m <= 16
     else:
         assert m > 16 or n >= 8192
+        assert not raw.predecode or (m >= 192 and n % 8 == 0 and raw.split_k == 1)
         blocks = -(-m // raw.block_m) * (-(-(n - n8) // raw.block_n) + -(-n8 // raw.block_n))
         small_grid = blocks * 2 < (sms or 132) and k >= 16384 and k % 1024 == 0 and m > 64
         assert not small_grid or raw.split_k > 1  # a grid under half a block per SM at long K splits K
@@ -95,4 +96,19 @@ def test_tensor_core_tiles_only_beyond_decode_or_for_wide_layers():
     assert isinstance(choose("sm_90a", 16, 28672, 8192), Schedule)  # M = 16 on a wide layer: 16-token tiles
     assert choose("sm_90a", 16, 8192, 28672).split_k > 1  # ... split over a long K to fill the SMs
     assert choose("sm_90a", 4096, 512, 4096).block_m < 256  # small N: smaller tiles fill the GPU
-    assert choose("sm_90a", 4096, 8192, 8192).block_m == 256
+    assert choose("sm_90a", 4096, 8193, 8192).block_m == 256  # N % 8: the in-loop kernel
+
+
+@given(m=st.integers(1, 1 << 15), n=st.integers(1, 1 << 16), sms=st.sampled_from([None, 16, 108, 132]))
+def test_long_prompts_run_predecoded_where_the_epilogue_and_grid_allow(m, n, sms):
+    """From 192 tokens, N a multiple of 8 and half a wave of 64 x 128 tiles: the predecoded GEMM,
+    its widest tile that fills 0.8 of a wave, never split over K; the tables never override it."""
+    s = choose("sm_90a", m, n, 4096, 128, n // 10, sms)
+    waves = sms or 132
+    want = m >= 192 and n % 8 == 0 and 2 * -(-m // 64) * -(-n // 128) >= waves
+    assert isinstance(s, Schedule) and s.predecode == want if m > 16 else not getattr(s, "predecode", False)
+    if want:
+        assert s.split_k == 1 and (s.block_m, s.block_n) in {(128, 256), (128, 128), (64, 128)}
+        assert s == pick("sm_90a", m, n, 4096, 128, n // 10, sms)
+        fills = -(-m // s.block_m) * -(-n // s.block_n) >= 0.8 * waves
+        assert fills or (s.block_m, s.block_n) == (64, 128)

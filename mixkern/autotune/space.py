@@ -2,7 +2,8 @@
 
 Decode buckets (M <= 16) try the dp4a kernel (:class:`GemvSchedule`: with or without the
 activation quantization fused in, one or several row groups per block) and small-tile
-tensor-core schedules with split-K; larger buckets try tensor-core tiles only.  Pruning is
+tensor-core schedules with split-K; larger buckets try tensor-core tiles only, and above
+M = 64 the predecoded GEMM's tiles beside the in-loop-decode ones.  Pruning is
 static, before anything compiles: shared memory per block, accumulator registers per
 thread, K divisibility, wgmma's 64-row minimum per warpgroup, idle lanes in the dp4a
 kernel.  What survives and still fails to compile is reported by the tuner, not hidden.
@@ -14,7 +15,7 @@ import itertools
 import random
 from collections import Counter
 
-from ..schedules import M_BUCKETS, SHARED_BYTES, AnySchedule, GemvSchedule, Schedule, fit
+from ..schedules import M_BUCKETS, PREDECODE_N_MULTIPLE, SHARED_BYTES, AnySchedule, GemvSchedule, Schedule, fit
 from ..schedules.heuristic import choose
 
 ACC_REGS_PER_THREAD = 128  # int32 accumulators per thread beyond which the kernel spills
@@ -37,7 +38,12 @@ def _mma_space(bucket: int) -> list[Schedule]:
         grid = dict(bm=(32, 64), bn=(64, 128), bk=(128,), st=(3, 4), th=(128,), sk=(1, 2, 4))
     else:
         grid = dict(bm=(64, 128, 256), bn=(128, 256), bk=(64, 128), st=(2, 3, 4), th=(128, 256), sk=(1,))
-    return [Schedule(*v) for v in itertools.product(*grid.values())]
+    in_loop = [Schedule(*v) for v in itertools.product(*grid.values())]
+    if bucket <= 64:
+        return in_loop
+    predecoded = [Schedule(bm, bn, 128, st, th, predecode=True)
+                  for bm, bn, st, th in itertools.product((64, 128, 256), (128, 256), (3, 4), (128, 256))]
+    return in_loop + predecoded
 
 
 def prune_reason(s: AnySchedule, arch: str, n: int, k: int, group_size: int) -> str | None:
@@ -57,6 +63,8 @@ def prune_reason(s: AnySchedule, arch: str, n: int, k: int, group_size: int) -> 
         if s.rows > max(n, 1):
             return "rows > N"
         return None
+    if s.predecode and n % PREDECODE_N_MULTIPLE:
+        return "output rows"  # the predecoded GEMM's TMA epilogue stores 16-byte runs
     if s.fitted(arch).shared_bytes() > SHARED_BYTES.get(base, 99 * 1024):  # both precisions, stages cut to 2
         return "shared memory"
     if s.block_m * s.block_n // s.threads > ACC_REGS_PER_THREAD:

@@ -16,7 +16,7 @@ import torch
 from tilelang import tvm
 
 from ..format import PackedWeight, WeightFormat
-from ..schedules import AnySchedule, GemvSchedule, for_mixllm, pick
+from ..schedules import PREDECODE_N_MULTIPLE, AnySchedule, GemvSchedule, Schedule, for_mixllm, pick
 from . import ir_cache
 from .act_quant import act_quant
 from .act_quant_grouped import act_quant_grouped
@@ -24,6 +24,8 @@ from .decode_gemv import decode_gemv
 from .mixed_gemm import epilogue, mixed_gemm
 from .mixllm_gemm import mixllm_gemm
 from .mixllm_gemv import mixllm_gemv
+from .predecode import predecode
+from .int8_gemm import int8_gemm
 
 TL_DTYPES = {torch.float16: "float16", torch.bfloat16: "bfloat16"}
 POISON_OUTPUT = False  # tests set this: outputs start as NaN, so an unwritten element shows
@@ -78,6 +80,8 @@ def _pass_configs(kind: str, args: tuple) -> dict:
     two pipelined loops, one per branch, which TileLang cannot split into producer and
     consumer; with one consumer warpgroup (small tiles, M <= 256) it measured up to 2x slower
     on the H100 than the plain cp.async multi-stage pipeline."""
+    if kind == "int8_gemm" and len(args) > 3:  # mixllm promotion: wrong results warp-specialized (H100)
+        return {"tl.disable_warp_specialized": True}
     if kind == "mixllm_mma":  # warp-specialized, it gave wrong results on the H100 (128x128 tiles, 4-bit rows only)
         return {"tl.disable_warp_specialized": True}
     if kind == "mma":
@@ -90,7 +94,8 @@ def _pass_configs(kind: str, args: tuple) -> dict:
 def build(kind: str, arch: str, *args):
     """The TileLang PrimFunc of one kernel.  Kinds and their args: 'mma', 'gemv', 'mixllm_mma'
     and 'mixllm_gemv' (k, group_size, schedule, dtype, has4, has8), 'act' (k, dtype), 'act_group'
-    (k, activation group, dtype), 'epi' (dtype, has4)."""
+    (k, activation group, dtype), 'epi' (dtype, has4), 'predecode' (k, group_size, mixllm,
+    has4, has8), 'int8_gemm' (k, schedule, dtype[, activation group, group_size for mixllm])."""
     if kind == "mma":
         return mixed_gemm(*args, wgmma=arch.startswith("sm_90"))
     if kind == "mixllm_mma":
@@ -105,6 +110,10 @@ def build(kind: str, arch: str, *args):
         return decode_gemv(*args)
     if kind == "act":
         return act_quant(*args)
+    if kind == "predecode":
+        return predecode(*args)
+    if kind == "int8_gemm":
+        return int8_gemm(*args)
     raise ValueError(f"unknown kernel kind {kind!r}")
 
 
@@ -135,6 +144,9 @@ def kernel_jobs(arch: str, k: int, group_size: int, schedule: AnySchedule, dtype
     a :class:`WeightFormat` value or alias; the mixllm kernels take :func:`for_mixllm`'s schedule)."""
     if WeightFormat.parse(fmt) is WeightFormat.MIXLLM:
         return _mixllm_jobs(arch, k, group_size, schedule, dtype, has4, has8)
+    if isinstance(schedule, Schedule) and schedule.predecode:
+        return [("act", arch, k, dtype), ("predecode", arch, k, group_size, False, has4, has8),
+                ("int8_gemm", arch, k, schedule.fitted(arch), dtype)]
     gemv = ("gemv", arch, k, group_size, schedule, dtype, has4, has8)
     if isinstance(schedule, GemvSchedule) and schedule.fused:
         return [gemv]  # quantizes x itself
@@ -151,6 +163,9 @@ def _mixllm_jobs(arch: str, k: int, group_size: int, schedule: AnySchedule, dtyp
     the decode or tensor-core kernel with one K tile per activation group."""
     schedule = for_mixllm(schedule, k, group_size, arch, has4, has8)
     span = WeightFormat.MIXLLM.act_group_size(group_size)
+    if isinstance(schedule, Schedule) and schedule.predecode:
+        return [("act_group", arch, k, span, dtype), ("predecode", arch, k, group_size, True, has4, has8),
+                ("int8_gemm", arch, k, schedule, dtype, span, group_size)]
     kind = "mixllm_gemv" if isinstance(schedule, GemvSchedule) else "mixllm_mma"
     main = (kind, arch, k, group_size, schedule, dtype, has4, has8)
     fused = isinstance(schedule, GemvSchedule) and schedule.fused
@@ -219,18 +234,20 @@ class _Plan:
     once per shape and schedule, so a repeated call costs one cache lookup, the output and
     the launches -- no schedule pick, kernel-cache hashing or weight validation."""
 
-    __slots__ = ("act", "main", "epi", "words", "empty4", "empty8", "span")
+    __slots__ = ("act", "main", "epi", "predecode", "words", "empty4", "empty8", "span", "mixllm", "group_size")
 
     def __init__(self, arch: str, device: torch.device, k: int, group_size: int, has4: bool, has8: bool,
                  schedule: AnySchedule, dtype: torch.dtype, fmt: WeightFormat = WeightFormat.PROGRESSIVE):
         jobs = kernel_jobs(arch, k, group_size, schedule, TL_DTYPES[dtype], has4, has8, fmt)
         kernels = {job[0]: compiled(*job) for job in jobs}
         self.act = kernels.get("act") or kernels.get("act_group")  # none: a fused decode kernel
-        self.epi = kernels.get("epi")
-        self.main = next(kernels[kind] for kind in ("gemv", "mma", "mixllm_gemv", "mixllm_mma") if kind in kernels)
+        self.epi, self.predecode = kernels.get("epi"), kernels.get("predecode")
+        self.main = next(kernels[kind] for kind in ("gemv", "mma", "mixllm_gemv", "mixllm_mma", "int8_gemm")
+                         if kind in kernels)
         self.words = isinstance(schedule, GemvSchedule)
         self.span = fmt.act_group_size(group_size)  # None: one activation scale per token
-        empty = _empty_rows(device, k, group_size, self.words, fmt is WeightFormat.MIXLLM)
+        self.mixllm, self.group_size = fmt is WeightFormat.MIXLLM, group_size
+        empty = _empty_rows(device, k, group_size, self.words, self.mixllm)
         self.empty4, self.empty8 = (None if has4 else empty[4]), (None if has8 else empty[8])
 
     def run(self, x: torch.Tensor, n: int, rows4: tuple, rows8: tuple) -> torch.Tensor:
@@ -245,7 +262,9 @@ class _Plan:
             self.main(_aligned(x), _scales(x, self.span), *rows4, *rows8, y)
             return y
         xq, a = _quantize(self.act, x, self.span)
-        if self.words:
+        if self.predecode is not None:
+            self._run_predecoded(xq, a, rows4, rows8, y)
+        elif self.words:
             self.main(_words(xq), a, *rows4, *rows8, y)
         elif self.epi is None:
             self.main(xq, a, *rows4, *rows8, y)
@@ -254,6 +273,15 @@ class _Plan:
             self.main(xq, a, *rows4, *rows8, acc)
             self.epi(acc, a, rows4[3], rows4[4], rows8[1], rows8[2], y)
         return y
+
+    def _run_predecoded(self, xq: torch.Tensor, a: torch.Tensor, rows4: tuple, rows8: tuple, y: torch.Tensor):
+        """The whole layer's int8 weights and scales in output order (an N x K workspace), then
+        the plain int8 GEMM; mixllm's activation scales go K-major for its pipelined loads."""
+        (m, k), n = xq.shape, y.shape[1]
+        wd = torch.empty(n, k, dtype=torch.int8, device=xq.device)
+        sd = torch.empty((k // self.group_size, n) if self.mixllm else (n,), dtype=torch.float32, device=xq.device)
+        self.predecode(*rows4, *rows8, wd, sd)
+        self.main(xq, a.t().contiguous() if self.mixllm else a, wd, sd, y)
 
 
 @lru_cache(maxsize=None)
@@ -284,6 +312,9 @@ def gemm_flat(x: torch.Tensor, idx4, idx8, qweight4, zeros4, scales4, chan_scale
         plan = _picked_plan(arch, device, m, n, k, group_size, idx8.shape[0], has4, x.dtype, fmt)
     else:
         schedule.check(k, group_size)
+        if isinstance(schedule, Schedule) and schedule.predecode and n % PREDECODE_N_MULTIPLE:
+            raise ValueError(f"{schedule}: a predecoded GEMM stores 16-byte output runs by TMA, so N must be a "
+                             f"multiple of {PREDECODE_N_MULTIPLE}, got {n}")
         plan = _plan(arch, device, k, group_size, has4, idx8.shape[0] > 0, schedule, x.dtype, fmt)
     if fmt is WeightFormat.MIXLLM:
         return plan.run(x, n, (qweight4, zeros4, scales4, idx4), (qweight8, scale8, idx8))

@@ -21,6 +21,7 @@ TABLE_VERSION = 1
 
 M_BUCKETS = (1, 4, 16, 64, 256, 1024, 1 << 30)  # a GEMM with M tokens uses the first bucket >= M
 SHARED_BYTES = {"sm_90a": 227 * 1024, "sm_80": 163 * 1024, "sm_86": 99 * 1024, "sm_89": 99 * 1024}
+PREDECODE_N_MULTIPLE = 8  # the predecoded GEMM's TMA epilogue stores output rows in 16-byte runs
 SMS = {"sm_90a": 132, "sm_80": 108, "sm_86": 84, "sm_89": 128}  # SM count planned for when no GPU is asked (H100 SXM, A100, ...)
 
 
@@ -32,6 +33,7 @@ class Schedule:
     stages: int = 3
     threads: int = 256
     split_k: int = 1  # K slices summed exactly in int32 (atomics), then one epilogue pass
+    predecode: bool = False  # decode the whole layer to int8 first, then a plain int8 GEMM (long prompts)
 
     def check(self, k: int, group_size: int) -> None:
         """Raise ValueError if this schedule cannot run a K-long reduction with this group size."""
@@ -41,15 +43,21 @@ class Schedule:
             raise ValueError(f"K={k} is not a multiple of block_k*split_k={self.block_k * self.split_k}")
         if self.block_n % 64 or self.block_m % 16 or self.threads % 128:
             raise ValueError(f"{self}: block_n % 64, block_m % 16 and threads % 128 must all be 0")
+        if self.predecode and (self.split_k != 1 or self.block_m < 64 * (self.threads // 128)):
+            raise ValueError(f"{self}: a predecoded GEMM runs without split-K, each warpgroup on >= 64 whole rows")
 
     @property
     def key(self) -> str:
-        return "bm{block_m}_bn{block_n}_bk{block_k}_s{stages}_t{threads}_sk{split_k}".format(**asdict(self))
+        tail = "_pd" if self.predecode else ""
+        return "bm{block_m}_bn{block_n}_bk{block_k}_s{stages}_t{threads}_sk{split_k}".format(**asdict(self)) + tail
 
     def shared_bytes(self, has4: bool = True, has8: bool = True) -> int:
         """Shared memory of the prefill kernel: staged X (and packed codes) plus the one decoded
         tile for 4-bit rows, staged X and int8 weights for 8-bit rows; a kernel with both
-        precisions holds both sets (one pipelined loop each)."""
+        precisions holds both sets (one pipelined loop each).  A predecoded GEMM stages X and
+        W and holds one output tile for its 16-byte epilogue."""
+        if self.predecode:
+            return self.stages * (self.block_m + self.block_n) * self.block_k + self.block_m * self.block_n * 2
         x = self.stages * self.block_m * self.block_k
         four = x + self.stages * self.block_n * self.block_k // 2 + self.block_n * self.block_k
         eight = x + self.stages * self.block_n * self.block_k
@@ -154,8 +162,10 @@ def pick(arch: str, m: int, n: int, k: int, group_size: int = 128, n8: int = 0, 
     """The schedule for an (M, N, K) layer on ``arch`` (N = all output features, ``n8`` of them
     8-bit, ``sms`` the GPU's SM count): the tuned table's entry, else the shape-aware
     heuristic of :mod:`.heuristic`; made runnable for this K by :func:`fit`."""
-    from .heuristic import choose
+    from .heuristic import choose, predecoded, sm_count
     tuned = load_table(arch, timed_only=True).get(table_key(m, n, k))
+    if tuned is not None and predecoded(m, n, sm_count(arch, sms)) and not getattr(tuned, "predecode", False):
+        tuned = None  # in-loop-decode entries lost to the predecoded GEMM wherever it applies (H100)
     return fit(tuned or choose(arch, m, n, k, group_size, n8, sms), k, group_size)
 
 
@@ -190,6 +200,10 @@ def for_mixllm(schedule: AnySchedule, k: int, group_size: int, arch: str,
         return schedule
     from ..format import WeightFormat
     span = WeightFormat.MIXLLM.act_group_size(group_size)
+    if schedule.predecode:  # the promotion's two accumulators: 64 x 128 on one warpgroup measured best (H100)
+        s = Schedule(64, 128, span, 4, 128, predecode=True).fitted(arch)
+        s.check(k, group_size)
+        return s
     s = Schedule(**{**asdict(schedule), "block_k": span, "split_k": 1})
     limit = SHARED_BYTES.get(arch.split("+")[0], 99 * 1024)
     while s.block_m > 16 and s.block_m * s.block_n // s.threads > MIXLLM_MAX_ACC_PER_THREAD:

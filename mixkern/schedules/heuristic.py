@@ -17,9 +17,14 @@ blocks a grid has against the GPU's SM count, and how long one block's K loop is
 * **M <= 64**: 64 x 64 tensor-core tiles (32 x 64 when there is not half a block per SM),
   K split in 4 from K = 8192 (the one-warpgroup pipeline is latency-bound: more, shorter
   blocks win).
-* **M <= 256**: 128 x 128 tiles with two consumer warpgroups when the grid has half a block
-  per SM, else 64 x 128.
-* **M > 256**: 256 x 128 tiles when they fill ~0.9 waves, else 128 x 128, else 64 x 128.
+* **M >= 192** (N a multiple of 8, half a wave of 64 x 128 tiles): the predecoded GEMM -- the layer decoded to int8 once, then
+  a plain int8 GEMM (:mod:`mixkern.kernels.predecode`, :mod:`mixkern.kernels.int8_gemm`) --
+  with the widest of 128 x 256, 128 x 128, 64 x 128 tiles whose grid fills 0.8 of a wave.  It
+  beat every in-loop-decode tile from M = 192 on four Llama-3 shapes, in both formats
+  (1.05-1.32x at 192, up to 2x at 4096), and lost below 128 on the large ones.
+* **M <= 256** otherwise: 128 x 128 tiles with two consumer warpgroups when the grid has half
+  a block per SM, else 64 x 128.
+* **M > 256** otherwise: 256 x 128 tiles when they fill ~0.9 waves, else 128 x 128, else 64 x 128.
 * Grids under a block per SM (two for one-warpgroup tiles) at K >= 4096 split K, at most
   8 ways and never below 2048 per slice.
 
@@ -32,11 +37,14 @@ a tuned table.
 
 from __future__ import annotations
 
-from . import GemvSchedule, Schedule, SMS, AnySchedule
+from . import PREDECODE_N_MULTIPLE, GemvSchedule, Schedule, SMS, AnySchedule
 
 MIN_K_PER_SPLIT = 2048
 FUSED_MAX_K = 8192  # longer rows: the plain GEMV (see the module docstring)
 TENSOR_CORE_MIN_N = 8192  # M <= 16: from here the 16-token tensor-core tile beats the GEMV
+PREDECODE_MIN_M = 192  # from here decoding the whole layer first, then a plain int8 GEMM, wins (H100, both formats)
+PREDECODE_TILES = (Schedule(128, 256, 128, 3, 256, predecode=True), Schedule(128, 128, 128, 4, 256, predecode=True),
+                   Schedule(64, 128, 128, 4, 128, predecode=True))
 
 
 def sm_count(arch: str, sms: int | None = None) -> int:
@@ -74,7 +82,24 @@ def _few_tokens(n: int, k: int, sms: int) -> GemvSchedule:
     return GemvSchedule(rows=8, warps=warps, tokens=4)
 
 
+def predecoded(m: int, n: int, sms: int) -> bool:
+    """Whether an M x N GEMM runs predecoded: long enough to be compute-bound, output rows of
+    whole 16-byte runs (the TMA epilogue), and at least half a wave of its smallest tiles (a
+    narrower layer keeps the in-loop kernel, which can split K)."""
+    smallest = PREDECODE_TILES[-1]
+    blocks = _ceil(m, smallest.block_m) * _ceil(n, smallest.block_n)
+    return m >= PREDECODE_MIN_M and n % PREDECODE_N_MULTIPLE == 0 and 2 * blocks >= sms
+
+
+def _predecoded_tile(m: int, n: int, sms: int) -> Schedule:
+    """The widest tile whose grid still fills 0.8 of a wave, else the smallest."""
+    return next((t for t in PREDECODE_TILES if _ceil(m, t.block_m) * _ceil(n, t.block_n) >= 0.8 * sms), PREDECODE_TILES[-1])
+
+
 def _tensor_core(m: int, n: int, k: int, group_size: int, n8: int, sms: int) -> Schedule:
+    if predecoded(m, n, sms):
+        return _predecoded_tile(m, n, sms)
+
     def blocks(s: Schedule) -> int:
         return _ceil(m, s.block_m) * (_ceil(n - n8, s.block_n) + _ceil(n8, s.block_n))
 
