@@ -123,9 +123,10 @@ def check(x, pw: PackedWeight, schedule=None) -> float:
     return worst
 
 
-def run(shapes, ms, fractions, formats=("progressive",), peers=(), notes=None, seed=0):
+def run(shapes, ms, fractions, formats=("progressive",), peers=(), notes=None, seed=0, on_row=None):
     """One row per (shape, M); ``formats`` starts with progressive (the base columns), ``peers``
-    are :class:`mixkern.peers.Peer` s; ``notes`` (a list) gets one line per column dropped."""
+    are :class:`mixkern.peers.Peer` s; ``notes`` (a list) gets one line per column dropped;
+    ``on_row(rows)`` runs after each row (progress, partial results)."""
     notes, formats = [] if notes is None else notes, list(formats)
     bw, peak = copy_bandwidth(), int8_peak()
     print(f"copy bandwidth {bw / 1e12:.2f} TB/s, torch._int_mm peak {peak / 1e12:.0f} TOPS", file=sys.stderr)
@@ -158,7 +159,8 @@ def run(shapes, ms, fractions, formats=("progressive",), peers=(), notes=None, s
             row["mem_floor_ms"] = packed["progressive"][fractions[0]].nbytes / bw * 1e3
             row["compute_floor_ms"] = 2 * m * n * k / peak * 1e3
             rows.append(row)
-            print(json.dumps(row), file=sys.stderr, flush=True)
+            if on_row:
+                on_row(rows)
     return rows
 
 
@@ -302,6 +304,23 @@ def plot(rows, fractions, path, title=None):
     fig.savefig(path, dpi=120, bbox_inches="tight")
 
 
+def report_row(rows: list, fractions, json_path: str | None, formats: list, peers: list, notes: list) -> None:
+    """The newest row as a table line on stderr (with the header before the first), and the JSON
+    so far: a run cut off by a time limit keeps both."""
+    lines = table(rows[-1:], fractions).splitlines()
+    print("\n".join(lines if len(rows) == 1 else lines[2:]), file=sys.stderr, flush=True)
+    if json_path:
+        _write_json(json_path, rows, formats, peers, notes)
+
+
+def _write_json(path: str, rows: list, formats: list, peers: list, notes: list) -> None:
+    with open(path, "w") as f:
+        device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+        json.dump({"device": device, "torch": torch.__version__, "formats_requested": formats,
+                   "peers": {p.name: {"label": p.label, "relerr_bound": p.bound} for p in peers},
+                   "notes": notes, "rows": rows}, f, indent=1)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m mixkern.bench", description=__doc__.split("\n")[0])
     parser.add_argument("--shapes", nargs="+", default=LLAMA_SHAPES, help="NxK output x input features")
@@ -347,12 +366,10 @@ def main(argv=None) -> int:
     warm_compile_cache(arch, plan)
     peers, notes = available(args.peers, torch.device("cuda"))
     formats = ["progressive", *(f for f in dict.fromkeys(args.formats) if f != "progressive")]
-    rows = run(args.shapes, args.m, args.fractions, formats, peers, notes)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"device": torch.cuda.get_device_name(), "torch": torch.__version__, "formats_requested": formats,
-                       "peers": {p.name: {"label": p.label, "relerr_bound": p.bound} for p in peers},
-                       "notes": notes, "rows": rows}, f, indent=1)
+    def on_row(rows):
+        report_row(rows, args.fractions, args.json, formats, peers, notes)
+
+    rows = run(args.shapes, args.m, args.fractions, formats, peers, notes, on_row=on_row)
     if args.plot:
         plot(rows, args.fractions, args.plot)
     print(f"\n{torch.cuda.get_device_name()}, torch {torch.__version__}")

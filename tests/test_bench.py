@@ -3,6 +3,7 @@ plot from fake rows, peers skipped cleanly without gemlite or CUDA, and the peer
 math against the bounds their sanity checks use."""
 
 import importlib.util
+import json
 import sys
 
 import pytest
@@ -51,6 +52,18 @@ def test_formats_without_progressive_fail_in_one_line(capsys):
 def test_no_gpu_fails_in_one_line(capsys):
     assert bench.main(["--shapes", "256x256"]) == 2
     assert "needs a CUDA GPU" in capsys.readouterr().err
+
+
+def test_each_row_is_reported_as_measured(tmp_path, capsys):
+    """A cut-off run keeps what it measured: each row's table line on stderr (header first) and
+    the JSON rewritten after each row."""
+    path, rows = tmp_path / "b.json", []
+    for m in (1, 16):
+        rows.append(_row(m=m))
+        bench.report_row(rows, FRACTIONS, str(path), ["progressive"], [], [])
+        assert [r["m"] for r in json.loads(path.read_text())["rows"]] == [r["m"] for r in rows]
+    lines = _table_rows(capsys.readouterr().err)
+    assert lines[0][0] == "N x K" and [line[1] for line in lines[2:]] == ["1", "16"]
 
 
 def test_table_without_extra_columns_is_the_old_table():
