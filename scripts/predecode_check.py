@@ -2,7 +2,8 @@
 shapes (the op's own schedule and forced tiles; a NaN token), then the M crossover against the
 in-loop-decode tiles, as a table (H100: ~2.5 min with a warm kernel cache).
 
-    python scripts/predecode_check.py
+    python scripts/predecode_check.py [--check-only]
+    MIXKERN_ARCH=sm_80+sm_90 python scripts/predecode_check.py --check-only   # the Ampere build, on an H100
 """
 import os, sys, time, random, torch
 sys.path.insert(0, "tests")
@@ -53,7 +54,9 @@ for i, c in enumerate(cases):
         bad += 1
         print(f"FAIL {fmt} m={m} n={n} k={k} f={f} {d} g={g} {key}: equal={eq} bound={inb} unwritten={unwritten} "
               f"mismatch={(yc != ref).float().mean().item():.4f}", flush=True)
-print(f"checked {len(cases)} cases, {bad} failed", flush=True)
+print(f"checked {len(cases)} cases on {arch}, {bad} failed", flush=True)
+if "--check-only" in sys.argv:
+    sys.exit(1 if bad else 0)
 # crossover: in-loop decode tiles vs predecoded tiles, progressive and mixllm, 10% 8-bit
 print("| N x K | M | fmt | in-loop best us | predecoded best us | pd speedup |")
 print("|---|---:|---|---:|---:|---:|")

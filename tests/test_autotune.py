@@ -58,7 +58,7 @@ def test_pick_uses_the_timed_table_then_the_heuristic():
         n, k = map(int, shape.split("x"))
         lowest = 1 if b == M_BUCKETS[0] else M_BUCKETS[M_BUCKETS.index(b) - 1] + 1
         for m in (lowest, min(b, 5000)):  # both ends of the bucket
-            if predecoded(m, n, 132) and not s.predecode:  # a tuned in-loop entry yields to the predecoded GEMM
+            if predecoded("sm_90a", m, n, 132) and not s.predecode:  # a tuned in-loop entry yields to the predecoded GEMM
                 assert pick("sm_90a", m, n, k) == fit(choose("sm_90a", m, n, k), k, 128), (m, key)
             else:
                 assert pick("sm_90a", m, n, k) == s, (m, key)

@@ -164,7 +164,7 @@ def pick(arch: str, m: int, n: int, k: int, group_size: int = 128, n8: int = 0, 
     heuristic of :mod:`.heuristic`; made runnable for this K by :func:`fit`."""
     from .heuristic import choose, predecoded, sm_count
     tuned = load_table(arch, timed_only=True).get(table_key(m, n, k))
-    if tuned is not None and predecoded(m, n, sm_count(arch, sms)) and not getattr(tuned, "predecode", False):
+    if tuned is not None and predecoded(arch, m, n, sm_count(arch, sms)) and not getattr(tuned, "predecode", False):
         tuned = None  # in-loop-decode entries lost to the predecoded GEMM wherever it applies (H100)
     return fit(tuned or choose(arch, m, n, k, group_size, n8, sms), k, group_size)
 

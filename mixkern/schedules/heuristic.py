@@ -17,7 +17,7 @@ blocks a grid has against the GPU's SM count, and how long one block's K loop is
 * **M <= 64**: 64 x 64 tensor-core tiles (32 x 64 when there is not half a block per SM),
   K split in 4 from K = 8192 (the one-warpgroup pipeline is latency-bound: more, shorter
   blocks win).
-* **M >= 192** (N a multiple of 8, half a wave of 64 x 128 tiles): the predecoded GEMM -- the layer decoded to int8 once, then
+* **M >= 192** (sm_90a, N a multiple of 8, half a wave of 64 x 128 tiles): the predecoded GEMM -- the layer decoded to int8 once, then
   a plain int8 GEMM (:mod:`mixkern.kernels.predecode`, :mod:`mixkern.kernels.int8_gemm`) --
   with the widest of 128 x 256, 128 x 128, 64 x 128 tiles whose grid fills 0.8 of a wave.  It
   beat every in-loop-decode tile from M = 192 on four Llama-3 shapes, in both formats
@@ -63,6 +63,8 @@ def choose(arch: str, m: int, n: int, k: int, group_size: int = 128, n8: int = 0
     if m <= 16 and n < TENSOR_CORE_MIN_N:
         long_k = k > FUSED_MAX_K
         return GemvSchedule(rows=4, warps=2 if long_k else 4, tokens=16 if long_k else 8)
+    if predecoded(arch, m, n, sms):
+        return _predecoded_tile(m, n, sms)
     return _tensor_core(m, n, k, group_size, n8, sms)
 
 
@@ -82,13 +84,16 @@ def _few_tokens(n: int, k: int, sms: int) -> GemvSchedule:
     return GemvSchedule(rows=8, warps=warps, tokens=4)
 
 
-def predecoded(m: int, n: int, sms: int) -> bool:
-    """Whether an M x N GEMM runs predecoded: long enough to be compute-bound, output rows of
-    whole 16-byte runs (the TMA epilogue), and at least half a wave of its smallest tiles (a
-    narrower layer keeps the in-loop kernel, which can split K)."""
+def predecoded(arch: str, m: int, n: int, sms: int) -> bool:
+    """Whether an M x N GEMM runs predecoded: on sm_90a (the sm_80 build compiles in CI but has
+    not run on a GPU yet: ``MIXKERN_ARCH=sm_80+sm_90 python scripts/predecode_check.py
+    --check-only`` is the check that would enable it), long enough to be compute-bound, output
+    rows of whole 16-byte runs (the TMA epilogue), and at least half a wave of its smallest
+    tiles (a narrower layer keeps the in-loop kernel, which can split K)."""
     smallest = PREDECODE_TILES[-1]
     blocks = _ceil(m, smallest.block_m) * _ceil(n, smallest.block_n)
-    return m >= PREDECODE_MIN_M and n % PREDECODE_N_MULTIPLE == 0 and 2 * blocks >= sms
+    return (arch.split("+")[0] == "sm_90a" and m >= PREDECODE_MIN_M and n % PREDECODE_N_MULTIPLE == 0
+            and 2 * blocks >= sms)
 
 
 def _predecoded_tile(m: int, n: int, sms: int) -> Schedule:
@@ -97,9 +102,6 @@ def _predecoded_tile(m: int, n: int, sms: int) -> Schedule:
 
 
 def _tensor_core(m: int, n: int, k: int, group_size: int, n8: int, sms: int) -> Schedule:
-    if predecoded(m, n, sms):
-        return _predecoded_tile(m, n, sms)
-
     def blocks(s: Schedule) -> int:
         return _ceil(m, s.block_m) * (_ceil(n - n8, s.block_n) + _ceil(n8, s.block_n))
 
