@@ -30,17 +30,23 @@ def int8_gemm(k: int, schedule: Schedule, out_dtype: str = "float16", group_span
 
     Launch arguments, progressive: X, A fp32 (M,), W, S fp32 (N,), Y.  mixllm
     (``group_span``): X, At fp32 (K/A, M) activation group scales K-major, W, St fp32
-    (K/group_size, N) weight group scales K-major (exact copies of the fp16 scales), Y.  ``schedule.block_k`` must be
-    ``group_span`` for mixllm; split-K is not used.
+    (K/group_size, N) weight group scales K-major (exact copies of the fp16 scales), Y.
+    ``schedule.block_k`` must be ``group_span`` for mixllm; split-K is not used.
     """
-    s = schedule
-    bm, bn, bk = s.block_m, s.block_n, s.block_k
-    if group_span is not None and bk != group_span:
-        raise ValueError(f"{s}: the mixllm promotion takes one activation group per K tile (block_k={group_span})")
-    if k % bk:
-        raise ValueError(f"K={k} is not a multiple of block_k={bk}")
-    m, n = T.dynamic("m"), T.dynamic("n")
+    if group_span is not None and schedule.block_k != group_span:
+        raise ValueError(f"{schedule}: the mixllm promotion takes one activation group per K tile (block_k={group_span})")
+    if k % schedule.block_k:
+        raise ValueError(f"K={k} is not a multiple of block_k={schedule.block_k}")
     out = DTYPES[out_dtype]
+    if group_span is None:
+        return _row_scaled(k, schedule, out)
+    return _group_promoted(k, schedule, out, group_span, group_size)
+
+
+def _tile_macros(s: Schedule, out: str):
+    """(tiles, write): one K step's operand tiles into shared memory; the output tile out through
+    shared memory (stmatrix, then a TMA store / 16-byte runs)."""
+    bm, bn, bk = s.block_m, s.block_n, s.block_k
 
     @T.macro
     def tiles(X, W, X_s, W_s, bx, by, ko):
@@ -53,26 +59,42 @@ def int8_gemm(k: int, schedule: Schedule, out_dtype: str = "float16", group_span
         T.copy(C_l, C_s)
         T.copy(C_s, Y[by * bm, bx * bn])
 
-    if group_span is None:
-        @T.prim_func
-        def main(X: T.Tensor((m, k), "int8"), A: T.Tensor((m,), "float32"), W: T.Tensor((n, k), "int8"),
-                 S: T.Tensor((n,), "float32"), Y: T.Tensor((m, n), out)):
-            with T.Kernel(T.ceildiv(n, bn), T.ceildiv(m, bm), threads=s.threads) as (bx, by):
-                X_s = T.alloc_shared((bm, bk), "int8")
-                W_s = T.alloc_shared((bn, bk), "int8")
-                acc = T.alloc_fragment((bm, bn), "int32")
-                C_l = T.alloc_fragment((bm, bn), out)
-                T.use_swizzle(SWIZZLE_PANEL)
-                T.clear(acc)
-                for ko in T.Pipelined(k // bk, num_stages=s.stages):
-                    tiles(X, W, X_s, W_s, bx, by, ko)
-                    T.gemm(X_s, W_s, acc, transpose_B=True, policy=POLICY)
-                for i, j in T.Parallel(bm, bn):
-                    C_l[i, j] = _scaled(acc[i, j], A[T.min(by * bm + i, m - 1)], S[T.min(bx * bn + j, n - 1)], out)
-                write(C_l, Y, bx, by)
-        return main
+    return tiles, write
 
-    j_groups = k // group_span
+
+def _row_scaled(k: int, s: Schedule, out: str):
+    """progressive: one int32 accumulator over all of K, then out((fp32(acc) * a[m]) * s[n])."""
+    bm, bn, bk = s.block_m, s.block_n, s.block_k
+    m, n = T.dynamic("m"), T.dynamic("n")
+    tiles, write = _tile_macros(s, out)
+
+    @T.prim_func
+    def main(X: T.Tensor((m, k), "int8"), A: T.Tensor((m,), "float32"), W: T.Tensor((n, k), "int8"),
+             S: T.Tensor((n,), "float32"), Y: T.Tensor((m, n), out)):
+        with T.Kernel(T.ceildiv(n, bn), T.ceildiv(m, bm), threads=s.threads) as (bx, by):
+            X_s = T.alloc_shared((bm, bk), "int8")
+            W_s = T.alloc_shared((bn, bk), "int8")
+            acc = T.alloc_fragment((bm, bn), "int32")
+            C_l = T.alloc_fragment((bm, bn), out)
+            T.use_swizzle(SWIZZLE_PANEL)
+            T.clear(acc)
+            for ko in T.Pipelined(k // bk, num_stages=s.stages):
+                tiles(X, W, X_s, W_s, bx, by, ko)
+                T.gemm(X_s, W_s, acc, transpose_B=True, policy=POLICY)
+            for i, j in T.Parallel(bm, bn):
+                C_l[i, j] = _scaled(acc[i, j], A[T.min(by * bm + i, m - 1)], S[T.min(bx * bn + j, n - 1)], out)
+            write(C_l, Y, bx, by)
+
+    return main
+
+
+def _group_promoted(k: int, s: Schedule, out: str, span: int, group_size: int):
+    """mixllm: each activation group's int32 partial promoted into fp32 in increasing k, the
+    group's scales staged with its tiles."""
+    bm, bn, bk = s.block_m, s.block_n, s.block_k
+    m, n = T.dynamic("m"), T.dynamic("n")
+    j_groups = k // span
+    tiles, write = _tile_macros(s, out)
 
     @T.prim_func
     def main(X: T.Tensor((m, k), "int8"), At: T.Tensor((j_groups, m), "float32"), W: T.Tensor((n, k), "int8"),
@@ -90,7 +112,7 @@ def int8_gemm(k: int, schedule: Schedule, out_dtype: str = "float16", group_span
             for ko in T.Pipelined(j_groups, num_stages=s.stages):
                 tiles(X, W, X_s, W_s, bx, by, ko)
                 T.copy(At[ko, by * bm:(by + 1) * bm], a_s)
-                T.copy(St[ko * group_span // group_size, bx * bn:(bx + 1) * bn], s_s)
+                T.copy(St[ko * span // group_size, bx * bn:(bx + 1) * bn], s_s)
                 T.gemm(X_s, W_s, acc_i, transpose_B=True, clear_accum=True, policy=POLICY)
                 for i, j in T.Parallel(bm, bn):
                     acc_f[i, j] = _fma(T.Cast("float32", acc_i[i, j]), _fmul(a_s[i], s_s[j]), acc_f[i, j])
