@@ -21,11 +21,11 @@ from . import ir_cache
 from .act_quant import act_quant
 from .act_quant_grouped import act_quant_grouped
 from .decode_gemv import decode_gemv
+from .int8_gemm import int8_gemm
 from .mixed_gemm import epilogue, mixed_gemm
 from .mixllm_gemm import mixllm_gemm
 from .mixllm_gemv import mixllm_gemv
 from .predecode import predecode
-from .int8_gemm import int8_gemm
 
 TL_DTYPES = {torch.float16: "float16", torch.bfloat16: "bfloat16"}
 POISON_OUTPUT = False  # tests set this: outputs start as NaN, so an unwritten element shows
