@@ -106,7 +106,10 @@ def test_long_prompts_run_predecoded_where_the_epilogue_and_grid_allow(m, n, sms
     s = choose("sm_90a", m, n, 4096, 128, n // 10, sms)
     waves = sms or 132
     want = m >= 192 and n % 8 == 0 and 2 * -(-m // 64) * -(-n // 128) >= waves
-    assert isinstance(s, Schedule) and s.predecode == want if m > 16 else not getattr(s, "predecode", False)
+    if m > 16:
+        assert isinstance(s, Schedule) and s.predecode == want
+    else:
+        assert not getattr(s, "predecode", False)
     if want:
         assert s.split_k == 1 and (s.block_m, s.block_n) in {(128, 256), (128, 128), (64, 128)}
         assert s == pick("sm_90a", m, n, 4096, 128, n // 10, sms)

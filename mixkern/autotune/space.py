@@ -15,7 +15,7 @@ import itertools
 import random
 from collections import Counter
 
-from ..schedules import M_BUCKETS, PREDECODE_N_MULTIPLE, SHARED_BYTES, AnySchedule, GemvSchedule, Schedule, fit
+from ..schedules import M_BUCKETS, SHARED_BYTES, AnySchedule, GemvSchedule, Schedule, fit
 from ..schedules.heuristic import choose
 
 ACC_REGS_PER_THREAD = 128  # int32 accumulators per thread beyond which the kernel spills
@@ -63,7 +63,7 @@ def prune_reason(s: AnySchedule, arch: str, n: int, k: int, group_size: int) -> 
         if s.rows > max(n, 1):
             return "rows > N"
         return None
-    if s.predecode and n % PREDECODE_N_MULTIPLE:
+    if not s.stores_rows(n):
         return "output rows"  # the predecoded GEMM's TMA epilogue stores 16-byte runs
     if s.fitted(arch).shared_bytes() > SHARED_BYTES.get(base, 99 * 1024):  # both precisions, stages cut to 2
         return "shared memory"

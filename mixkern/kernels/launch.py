@@ -16,7 +16,7 @@ import torch
 from tilelang import tvm
 
 from ..format import PackedWeight, WeightFormat
-from ..schedules import PREDECODE_N_MULTIPLE, AnySchedule, GemvSchedule, Schedule, for_mixllm, pick
+from ..schedules import AnySchedule, GemvSchedule, Schedule, for_mixllm, pick
 from . import ir_cache
 from .act_quant import act_quant
 from .act_quant_grouped import act_quant_grouped
@@ -311,10 +311,7 @@ def gemm_flat(x: torch.Tensor, idx4, idx8, qweight4, zeros4, scales4, chan_scale
     if schedule is None:
         plan = _picked_plan(arch, device, m, n, k, group_size, idx8.shape[0], has4, x.dtype, fmt)
     else:
-        schedule.check(k, group_size)
-        if isinstance(schedule, Schedule) and schedule.predecode and n % PREDECODE_N_MULTIPLE:
-            raise ValueError(f"{schedule}: a predecoded GEMM stores 16-byte output runs by TMA, so N must be a "
-                             f"multiple of {PREDECODE_N_MULTIPLE}, got {n}")
+        schedule.check(k, group_size, n)
         plan = _plan(arch, device, k, group_size, has4, idx8.shape[0] > 0, schedule, x.dtype, fmt)
     if fmt is WeightFormat.MIXLLM:
         return plan.run(x, n, (qweight4, zeros4, scales4, idx4), (qweight8, scale8, idx8))

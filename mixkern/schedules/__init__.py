@@ -35,8 +35,12 @@ class Schedule:
     split_k: int = 1  # K slices summed exactly in int32 (atomics), then one epilogue pass
     predecode: bool = False  # decode the whole layer to int8 first, then a plain int8 GEMM (long prompts)
 
-    def check(self, k: int, group_size: int) -> None:
-        """Raise ValueError if this schedule cannot run a K-long reduction with this group size."""
+    def check(self, k: int, group_size: int, n: int | None = None) -> None:
+        """Raise ValueError if this schedule cannot run a K-long reduction with this group size
+        (or, given ``n``, write N output features)."""
+        if n is not None and not self.stores_rows(n):
+            raise ValueError(f"{self}: a predecoded GEMM stores 16-byte output runs by TMA, so N must be a "
+                             f"multiple of {PREDECODE_N_MULTIPLE}, got {n}")
         if self.block_k % 32 or (self.block_k % group_size and group_size % self.block_k):
             raise ValueError(f"block_k={self.block_k} must be a multiple of 32 and divide or be divided by group_size={group_size}")
         if k % (self.block_k * self.split_k):
@@ -45,6 +49,11 @@ class Schedule:
             raise ValueError(f"{self}: block_n % 64, block_m % 16 and threads % 128 must all be 0")
         if self.predecode and (self.split_k != 1 or self.block_m < 64 * (self.threads // 128)):
             raise ValueError(f"{self}: a predecoded GEMM runs without split-K, each warpgroup on >= 64 whole rows")
+
+    def stores_rows(self, n: int) -> bool:
+        """Whether the epilogue can write output rows of N features: the predecoded GEMM's TMA
+        store needs rows of whole 16-byte runs."""
+        return not self.predecode or n % PREDECODE_N_MULTIPLE == 0
 
     @property
     def key(self) -> str:
@@ -94,7 +103,8 @@ class GemvSchedule:
         """K steps of one block: each of its lanes reads 32 K values per step."""
         return -(-k // (32 * 32 * self.warps))
 
-    def check(self, k: int, group_size: int) -> None:
+    def check(self, k: int, group_size: int, n: int | None = None) -> None:
+        """Raise ValueError if this schedule cannot run a K-long reduction (any N)."""
         if k % 32 or group_size % 32:
             raise ValueError(f"the decode kernel needs K and group_size multiples of 32, got K={k}, group_size={group_size}")
         if not (1 <= self.rows <= 8 and 1 <= self.warps <= 8 and 1 <= self.tokens <= 16 and 1 <= self.chunk <= 64):

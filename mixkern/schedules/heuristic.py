@@ -37,7 +37,7 @@ a tuned table.
 
 from __future__ import annotations
 
-from . import PREDECODE_N_MULTIPLE, GemvSchedule, Schedule, SMS, AnySchedule
+from . import GemvSchedule, Schedule, SMS, AnySchedule
 
 MIN_K_PER_SPLIT = 2048
 FUSED_MAX_K = 8192  # longer rows: the plain GEMV (see the module docstring)
@@ -92,7 +92,7 @@ def predecoded(arch: str, m: int, n: int, sms: int) -> bool:
     tiles (a narrower layer keeps the in-loop kernel, which can split K)."""
     smallest = PREDECODE_TILES[-1]
     blocks = _ceil(m, smallest.block_m) * _ceil(n, smallest.block_n)
-    return (arch.split("+")[0] == "sm_90a" and m >= PREDECODE_MIN_M and n % PREDECODE_N_MULTIPLE == 0
+    return (arch.split("+")[0] == "sm_90a" and m >= PREDECODE_MIN_M and smallest.stores_rows(n)
             and 2 * blocks >= sms)
 
 
