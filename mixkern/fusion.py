@@ -53,11 +53,13 @@ DEFAULT_GROUPS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
 
 
 class _Round(NamedTuple):
-    """One fused output and the input it belongs to; ``taken``: the parts that had their columns."""
+    """One fused output, as each part's columns, and the input it belongs to; ``taken``: the
+    parts that had their columns.  Immutable (a new round per part taken), so that Dynamo
+    records a plain attribute write."""
     x: torch.Tensor
     version: int | None  # None under torch.compile
     shape: torch.Size
-    out: torch.Tensor
+    parts: tuple  # views of the fused output, one per part (split once per round)
     taken: frozenset
 
 
@@ -83,11 +85,10 @@ class FusedMixLinear(MixLinear):
         version = None if compiling else x._version
         r = self._round
         if r is None or r.x is not x or r.version != version or r.shape != x.shape or part in r.taken:
-            r = _Round(x, version, x.shape, self(x), frozenset())
+            r = _Round(x, version, x.shape, self(x).split(self.sizes, dim=-1), frozenset())
         taken = r.taken | {part}
-        self._round = None if len(taken) == len(self.sizes) else r._replace(taken=taken)
-        start, stop = self.columns[part]
-        return r.out[..., start:stop]
+        self._round = None if len(taken) == len(self.sizes) else _Round(r.x, r.version, r.shape, r.parts, taken)
+        return r.parts[part]
 
     def _own_rows(self, x: torch.Tensor, part: int) -> torch.Tensor:
         """One part alone, for inputs whose version cannot be checked: a MixLinear over its rows

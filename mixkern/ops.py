@@ -64,6 +64,20 @@ def _launch():
     return gemm_flat
 
 
+@functools.cache
+def _prepare():
+    from .kernels.launch import prepare
+    return prepare
+
+
+def prepare_launch(m: int, k: int, dtype: torch.dtype, device: torch.device, weight_args: tuple):
+    """``launch(x) -> y`` for :func:`weight_args` on CUDA and M tokens of ``dtype``, prepared
+    once (:func:`mixkern.kernels.launch.prepare`): the op's CUDA kernel without the
+    dispatcher, the schedule pick and the weight-argument build on every call."""
+    *tensors, n, group_size, format_id = weight_args
+    return _prepare()(m, k, dtype, device, *tensors, n, group_size, FORMATS_BY_ID[format_id])
+
+
 def _gemm_cuda(x, idx4, idx8, qweight4, zeros4, scales4, chan_scale4, qweight8, scale8, n, group_size, format_id):
     """CUDA: the TileLang kernels, on the flat arguments (no PackedWeight built per call)."""
     return _launch()(x, idx4, idx8, qweight4, zeros4, scales4, chan_scale4, qweight8, scale8, n, group_size,

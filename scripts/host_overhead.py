@@ -6,7 +6,8 @@ MixLinear and torch.ops.mixkern.gemm called directly (issue 13, item 1).
 
 "host": CPU wall time of ``--calls`` back-to-back calls without synchronizing, divided by the
 calls (few enough that the GPU's launch queue never fills and blocks the host), best of
-``--repeats`` after warmup.  "synced": the same loop timed until the GPU has finished, per call
+``--repeats`` rounds after warmup; each round times every path in turn, so a noisy host
+(the H100 machine's varies by +-10 us a call between runs) skews no path alone.  "synced": the same loop timed until the GPU has finished, per call
 (max(host, GPU) when the two overlap).  On CPU both include the computation (the reference
 GEMM), so only the differences between rows mean anything there.
 """
@@ -32,7 +33,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--m", default="1,16,2048", help="token counts, comma-separated")
     p.add_argument("--fraction", type=float, default=0.10, help="share of 8-bit output features")
     p.add_argument("--calls", type=int, default=200, help="back-to-back calls per timing")
-    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=7)
     args = p.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("no CUDA GPU here; run with --device cpu (and a small --n/--k)")
@@ -44,21 +45,23 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def time_calls(f, calls: int, repeats: int, device: str) -> tuple[float, float]:
-    """(host us/call, synced us/call): best of ``repeats`` loops of ``calls`` calls, after warmup."""
-    for _ in range(min(calls, 20)):
-        f()
-    host = synced = float("inf")
+def time_paths(paths: dict, calls: int, repeats: int, device: str) -> dict[str, tuple[float, float]]:
+    """{path: (host us/call, synced us/call)}: best of ``repeats`` rounds, each round timing
+    ``calls`` calls of every path in turn (interleaved: a noisy host slows all paths alike)."""
+    best = {name: (float("inf"), float("inf")) for name in paths}
     for _ in range(repeats):
-        sync(device)
-        t0 = time.perf_counter()
-        for _ in range(calls):
-            f()
-        t1 = time.perf_counter()
-        sync(device)
-        t2 = time.perf_counter()
-        host, synced = min(host, t1 - t0), min(synced, t2 - t0)
-    return host / calls * 1e6, synced / calls * 1e6
+        for name, f in paths.items():
+            for _ in range(min(calls, 20)):
+                f()
+            sync(device)
+            t0 = time.perf_counter()
+            for _ in range(calls):
+                f()
+            t1 = time.perf_counter()
+            sync(device)
+            t2 = time.perf_counter()
+            best[name] = (min(best[name][0], t1 - t0), min(best[name][1], t2 - t0))
+    return {name: (host / calls * 1e6, synced / calls * 1e6) for name, (host, synced) in best.items()}
 
 
 def layers(args) -> tuple[nn.Linear, mixkern.PackedWeight, mixkern.MixLinear]:
@@ -87,10 +90,9 @@ def main(argv=None) -> None:
             flat = op_args(x, pw)
             paths = {"nn.Linear fp16": lambda: linear(x), "mixkern.gemm": lambda: mixkern.gemm(x, pw),
                      "MixLinear": lambda: mix(x), "torch.ops.mixkern.gemm": lambda: GEMM(*flat)}
-            base = None
-            for name, f in paths.items():
-                host, synced = time_calls(f, args.calls, args.repeats, args.device)
-                base = host if base is None else base
+            times = time_paths(paths, args.calls, args.repeats, args.device)
+            base = times["nn.Linear fp16"][0]
+            for name, (host, synced) in times.items():
                 print(f"| {m} | {name} | {host:.1f} | {synced:.1f} | {host - base:+.1f} |", flush=True)
     print(f"\ntorch._dynamo imported: {'torch._dynamo' in sys.modules} (the eager op path should not need it)")
 

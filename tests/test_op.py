@@ -232,6 +232,34 @@ def test_launch_picks_once_per_shape(recorded_launches, monkeypatch):
     assert [a[1] for a in picks] == [1, 7] and picks[0] == ("sm_90a", 1, 24, 256, 128, 1, 132)
 
 
+@pytest.mark.parametrize("fmt", ["progressive", "mixllm"])
+@pytest.mark.parametrize("eight", [None, [0, 3, 17], "all"])
+@pytest.mark.parametrize("m", [1, 5, 300])
+def test_a_prepared_launch_makes_the_ops_launches(recorded_launches, monkeypatch, fmt, eight, m):
+    """MixLinear's eager CUDA path (launch.prepare): the same kernels with the same arguments as
+    the op's path, the schedule picked and the weight arguments built once, not per call."""
+    from mixkern.ops import prepare_launch, weight_args
+    launch, calls, compiles = recorded_launches
+    pw = quantize_weight(torch.randn(24, 512), eight, 128, fmt)
+    x = torch.randn(m, 512, dtype=torch.float16)
+    monkeypatch.setattr(launch, "arch_of", lambda device: "sm_90a")
+    launch.gemm_flat(x, *weight_args(pw)[:-1], pw.format)
+    want = list(calls)
+    calls.clear()
+    prepared = prepare_launch(m, 512, torch.float16, x.device, weight_args(pw))
+    monkeypatch.setattr(launch, "_plan_for", lambda *a: pytest.fail("a prepared launch picked again"))
+    words = launch._words
+    monkeypatch.setattr(launch, "_words", lambda t: pytest.fail("a prepared launch rebuilt its weight arguments")
+                        if t is pw.qweight4 or t is pw.qweight8 else words(t))
+    y = prepared(x)
+    assert [kind for kind, _ in calls] == [kind for kind, _ in want]
+    for (_, got), (_, ref) in zip(calls, want):  # weights: the very tensors; per-call buffers: same shapes
+        assert len(got) == len(ref)
+        for a, b in zip(got, ref):
+            assert (a is b) or (a.shape == b.shape and a.dtype == b.dtype and (a is x) == (b is x))
+    assert calls[-1][1][-1] is y and y.shape == (m, 24)
+
+
 @pytest.mark.parametrize("case", range(4))
 @pytest.mark.parametrize("eight", [None, [0, 3, 17], "all"])
 @pytest.mark.parametrize("group_size", [64, 128, 256])

@@ -18,7 +18,7 @@ import tilelang.language as T
 
 from ..schedules import Schedule
 from .mixed_gemm import DTYPES, _scaled
-from .mixllm_gemv import _fma, _fmul
+from .promote import promote
 
 SWIZZLE_PANEL = 8  # blocks in a rasterization panel: neighbouring blocks share X and W tiles in L2
 POLICY = T.GemmWarpPolicy.FullRow  # each warpgroup takes whole rows of the tile: the widest wgmma (m64 n=block_n)
@@ -115,7 +115,7 @@ def _group_promoted(k: int, s: Schedule, out: str, span: int, group_size: int):
                 T.copy(St[ko * span // group_size, bx * bn:(bx + 1) * bn], s_s)
                 T.gemm(X_s, W_s, acc_i, transpose_B=True, clear_accum=True, policy=POLICY)
                 for i, j in T.Parallel(bm, bn):
-                    acc_f[i, j] = _fma(T.Cast("float32", acc_i[i, j]), _fmul(a_s[i], s_s[j]), acc_f[i, j])
+                    acc_f[i, j] = promote(acc_i[i, j], a_s[i], s_s[j], acc_f[i, j])
             for i, j in T.Parallel(bm, bn):
                 C_l[i, j] = T.Cast(out, acc_f[i, j])
             write(C_l, Y, bx, by)

@@ -228,6 +228,19 @@ def _empty_rows(device, k: int, group_size: int, words: bool, mixllm: bool) -> d
             8: (w8, z(1, dtype=torch.float32), z(1))}
 
 
+def _launcher(kernel):
+    """What to call to launch ``kernel``: its TVM-FFI function where TileLang exposes it.  The
+    JIT kernel's own ``__call__`` re-marshals the argument list in Python on every launch
+    (allocating declared outputs, none here: every output is an argument); the function checks
+    each argument's dtype, shape and device itself, in C++.  Anything else (another backend,
+    a test's recorder) is called as it is."""
+    adapter = getattr(kernel, "adapter", None)
+    get = getattr(adapter, "_get_executable", None)
+    if get is None or getattr(adapter, "result_idx", None) or getattr(adapter, "_ffi_callee_allocated_output_abi", False):
+        return kernel
+    return get()
+
+
 class _Plan:
     """What one launch needs that does not depend on the tensors: the compiled kernels (exactly
     ``kernel_jobs``, the list warmup compiles) and stand-ins for an absent precision.  Built
@@ -239,7 +252,7 @@ class _Plan:
     def __init__(self, arch: str, device: torch.device, k: int, group_size: int, has4: bool, has8: bool,
                  schedule: AnySchedule, dtype: torch.dtype, fmt: WeightFormat = WeightFormat.PROGRESSIVE):
         jobs = kernel_jobs(arch, k, group_size, schedule, TL_DTYPES[dtype], has4, has8, fmt)
-        kernels = {job[0]: compiled(*job) for job in jobs}
+        kernels = {job[0]: _launcher(compiled(*job)) for job in jobs}
         self.act = kernels.get("act") or kernels.get("act_group")  # none: a fused decode kernel
         self.epi, self.predecode = kernels.get("epi"), kernels.get("predecode")
         self.main = next(kernels[kind] for kind in ("gemv", "mma", "mixllm_gemv", "mixllm_mma", "int8_gemm")
@@ -250,14 +263,23 @@ class _Plan:
         empty = _empty_rows(device, k, group_size, self.words, self.mixllm)
         self.empty4, self.empty8 = (None if has4 else empty[4]), (None if has8 else empty[8])
 
+    def weight_rows(self, rows4: tuple, rows8: tuple) -> tuple[tuple, tuple]:
+        """The kernels' weight arguments from a layer's row tensors (each format's order, weights
+        first): words for the decode kernels, a one-row stand-in for an absent precision."""
+        rows4 = self.empty4 or ((_words(rows4[0]), *rows4[1:]) if self.words else rows4)
+        rows8 = self.empty8 or ((_words(rows8[0]), *rows8[1:]) if self.words else rows8)
+        return rows4, rows8
+
     def run(self, x: torch.Tensor, n: int, rows4: tuple, rows8: tuple) -> torch.Tensor:
-        """y (M, N); rows4 / rows8: the weight tensors in the kernel's argument order, weights first."""
+        """y (M, N); rows4 / rows8: the layer's row tensors (see :meth:`weight_rows`)."""
+        return self.launch(x, n, *self.weight_rows(rows4, rows8))
+
+    def launch(self, x: torch.Tensor, n: int, rows4: tuple, rows8: tuple) -> torch.Tensor:
+        """y (M, N) from x and the prepared :meth:`weight_rows`."""
         m = x.shape[0]
         y = torch.empty(m, n, dtype=x.dtype, device=x.device)
         if POISON_OUTPUT:
             y.fill_(float("nan"))
-        rows4 = self.empty4 or ((_words(rows4[0]), *rows4[1:]) if self.words else rows4)
-        rows8 = self.empty8 or ((_words(rows8[0]), *rows8[1:]) if self.words else rows8)
         if self.act is None:  # the fused decode kernel quantizes x itself ('a' is its scratch)
             self.main(_aligned(x), _scales(x, self.span), *rows4, *rows8, y)
             return y
@@ -299,23 +321,52 @@ def _picked_plan(arch: str, device: torch.device, m: int, n: int, k: int, group_
     return _plan(arch, device, k, group_size, has4, n8 > 0, schedule, dtype, fmt)
 
 
+def _plan_for(m: int, k: int, dtype: torch.dtype, device: torch.device, n4: int, n8: int, n: int,
+              group_size: int, fmt: WeightFormat, schedule: AnySchedule | None, arch: str | None) -> _Plan:
+    arch = arch or arch_of(device)
+    if schedule is None:
+        return _picked_plan(arch, device, m, n, k, group_size, n8, n4 > 0, dtype, fmt)
+    schedule.check(k, group_size, n)
+    return _plan(arch, device, k, group_size, n4 > 0, n8 > 0, schedule, dtype, fmt)
+
+
+def _format_rows(fmt: WeightFormat, idx4, idx8, qweight4, zeros4, scales4, chan_scale4, qweight8, scale8) -> tuple:
+    """(rows4, rows8): a layer's tensors in its format's kernel argument order."""
+    if fmt is WeightFormat.MIXLLM:
+        return (qweight4, zeros4, scales4, idx4), (qweight8, scale8, idx8)
+    return (qweight4, scales4, zeros4, chan_scale4, idx4), (qweight8, scale8, idx8)
+
+
 def gemm_flat(x: torch.Tensor, idx4, idx8, qweight4, zeros4, scales4, chan_scale4, qweight8, scale8, n: int,
               group_size: int, fmt: WeightFormat, schedule: AnySchedule | None = None,
               arch: str | None = None) -> torch.Tensor:
     """:func:`gemm_cuda` on the op's flat arguments (the CUDA kernel of ``torch.ops.mixkern.gemm``).
     The weight is trusted: it was validated when it was quantized or loaded."""
     m, k = x.shape
-    device = x.device
-    arch = arch or arch_of(device)
-    has4 = idx4.shape[0] > 0
-    if schedule is None:
-        plan = _picked_plan(arch, device, m, n, k, group_size, idx8.shape[0], has4, x.dtype, fmt)
-    else:
-        schedule.check(k, group_size, n)
-        plan = _plan(arch, device, k, group_size, has4, idx8.shape[0] > 0, schedule, x.dtype, fmt)
-    if fmt is WeightFormat.MIXLLM:
-        return plan.run(x, n, (qweight4, zeros4, scales4, idx4), (qweight8, scale8, idx8))
-    return plan.run(x, n, (qweight4, scales4, zeros4, chan_scale4, idx4), (qweight8, scale8, idx8))
+    plan = _plan_for(m, k, x.dtype, x.device, idx4.shape[0], idx8.shape[0], n, group_size, fmt, schedule, arch)
+    return plan.run(x, n, *_format_rows(fmt, idx4, idx8, qweight4, zeros4, scales4, chan_scale4, qweight8, scale8))
+
+
+def _copied(given: tuple, built: tuple, stand_in) -> bool:
+    """Whether :meth:`_Plan.weight_rows` copied this precision's weight (a misaligned view)."""
+    return built is not stand_in and built[0].data_ptr() != given[0].data_ptr()
+
+
+def prepare(m: int, k: int, dtype: torch.dtype, device: torch.device, idx4, idx8, qweight4, zeros4, scales4,
+            chan_scale4, qweight8, scale8, n: int, group_size: int, fmt: WeightFormat):
+    """``launch(x) -> y`` for one layer and M tokens of ``dtype``: the schedule picked, kernels
+    looked up and weight arguments built once, so that a call is the output's allocation and
+    the launches (:class:`~mixkern.MixLinear`'s eager hot path).  x must be (M, K) on ``device``."""
+    plan = _plan_for(m, k, dtype, device, idx4.shape[0], idx8.shape[0], n, group_size, fmt, None, None)
+    given = _format_rows(fmt, idx4, idx8, qweight4, zeros4, scales4, chan_scale4, qweight8, scale8)
+    rows4, rows8 = plan.weight_rows(*given)
+    if _copied(given[0], rows4, plan.empty4) or _copied(given[1], rows8, plan.empty8):
+        return lambda x: plan.run(x, n, *given)  # rebuilt per call, so in-place writes are seen
+    run = plan.launch
+
+    def launch(x: torch.Tensor) -> torch.Tensor:
+        return run(x, n, rows4, rows8)
+    return launch
 
 
 def gemm_cuda(x: torch.Tensor, pw: PackedWeight, schedule: AnySchedule | None = None,

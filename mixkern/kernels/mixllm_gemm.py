@@ -21,7 +21,7 @@ from ..format import WeightFormat
 from ..schedules import Schedule
 from .int4_decode import DECODE_BARRIER, DECODE_SOURCE, consumer_groups, int4_decode_tile
 from .mixed_gemm import DTYPES
-from .mixllm_gemv import _fma, _fmul
+from .promote import promote
 
 
 def mixllm_gemm(k: int, group_size: int, schedule: Schedule, out_dtype: str = "float16",
@@ -50,14 +50,14 @@ def mixllm_gemm(k: int, group_size: int, schedule: Schedule, out_dtype: str = "f
     decode_tile = int4_decode_tile(bk, group_size, group_threads, group_rows, unit_scale=True)
 
     @T.macro
-    def promote(acc_i, acc_f, A, S, a_s, s_s, rows, n_base, by, ko):
+    def promote_group(acc_i, acc_f, A, S, a_s, s_s, rows, n_base, by, ko):
         """Step two for one activation group: acc_f += fp32(acc_i) * (a * s), fused, one rounding."""
         for i in T.Parallel(bm):
             a_s[i] = A[T.min(by * bm + i, m - 1), ko]
         for j in T.Parallel(bn):
             s_s[j] = T.Cast("float32", S[T.min(n_base + j, rows - 1), ko * span // group_size])
         for i, j in T.Parallel(bm, bn):
-            acc_f[i, j] = _fma(T.Cast("float32", acc_i[i, j]), _fmul(a_s[i], s_s[j]), acc_f[i, j])
+            acc_f[i, j] = promote(acc_i[i, j], a_s[i], s_s[j], acc_f[i, j])
 
     @T.macro
     def store(acc_f, Idx, Y, rows, col0, by):
@@ -92,7 +92,7 @@ def mixllm_gemm(k: int, group_size: int, schedule: Schedule, out_dtype: str = "f
                     T.call_extern("handle", "mixkern_fence_decoded")
                     T.sync_threads(DECODE_BARRIER + group, group_threads)
                     T.gemm(X_s, W_s, acc_i, transpose_B=True, policy=policy, clear_accum=True)
-                    promote(acc_i, acc_f, A, S4, a_s, s_s, n4, bx * bn, by, ko)
+                    promote_group(acc_i, acc_f, A, S4, a_s, s_s, n4, bx * bn, by, ko)
                 store(acc_f, I4, Y, n4, bx * bn, by)
             else:
                 X_s = T.alloc_shared((bm, bk), "int8")
@@ -101,7 +101,7 @@ def mixllm_gemm(k: int, group_size: int, schedule: Schedule, out_dtype: str = "f
                     T.copy(X[by * bm, ko * bk], X_s)
                     T.copy(W8[(bx - blocks4) * bn, ko * bk], W_s)
                     T.gemm(X_s, W_s, acc_i, transpose_B=True, policy=policy, clear_accum=True)
-                    promote(acc_i, acc_f, A, S8, a_s, s_s, n8, (bx - blocks4) * bn, by, ko)
+                    promote_group(acc_i, acc_f, A, S8, a_s, s_s, n8, (bx - blocks4) * bn, by, ko)
                 store(acc_f, I8, Y, n8, (bx - blocks4) * bn, by)
 
     return main

@@ -28,14 +28,7 @@ from ..schedules import GemvSchedule
 from .act_quant import magnitude
 from .decode_gemv import K_PER_LANE, LOW_NIBBLES, ONES, WORDS, _dp4a
 from .mixed_gemm import DTYPES
-
-
-def _fmul(a, b):
-    return T.call_extern("float32", "__fmul_rn", a, b)
-
-
-def _fma(a, b, c):
-    return T.call_extern("float32", "__fmaf_rn", a, b, c)
+from .promote import fmaf_rn, fmul_rn
 
 
 def mixllm_gemv(k: int, group_size: int, schedule: GemvSchedule, out_dtype: str = "float16",
@@ -125,7 +118,7 @@ def mixllm_gemv(k: int, group_size: int, schedule: GemvSchedule, out_dtype: str 
                     p = p + T.shfl_xor(p, 2)
                 if kc < k and tx % lanes == 0:
                     P_s[r * tokens + t, (tx // lanes) % step_groups] = p
-                    C_s[r * tokens + t, (tx // lanes) % step_groups] = _fmul(xs[0], ws[r])
+                    C_s[r * tokens + t, (tx // lanes) % step_groups] = fmul_rn(xs[0], ws[r])
 
     @T.macro
     def quantize_x(X, A, xw, xa, xh, tx, bx, by):
@@ -167,7 +160,7 @@ def mixllm_gemv(k: int, group_size: int, schedule: GemvSchedule, out_dtype: str 
         if tx < n_acc:
             for j in T.unroll(step_groups):  # unrolled: the shared loads issue ahead of the dependent FMAs
                 if step * step_k + j * span < k:
-                    acc[0] = _fma(T.Cast("float32", P_s[tx, j]), C_s[tx, j], acc[0])
+                    acc[0] = fmaf_rn(T.Cast("float32", P_s[tx, j]), C_s[tx, j], acc[0])
         T.sync_threads()  # P_s / C_s are rewritten by the next step
 
     @T.macro
