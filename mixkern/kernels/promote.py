@@ -8,10 +8,10 @@ the three kernels that promote (decode, in-loop tensor core, predecoded tensor c
 
 Measured on the H100 (docs/kernels.md, issue 14): this promotion's instruction form is not
 what holds the tensor-core kernels back.  An exact add/subtract conversion (``p +
-0x4B400000`` reinterpreted, minus 1.5 * 2^23) in place of the ``I2F`` cast was 1-4% slower,
-and the scales in registers (18 instead of up to 128 shared loads per group) cut executed
-instructions by 14% but not time: the 64 x 128 predecoded kernel holds 254 registers, so 2
-CTAs per SM, and waits on its synchronous wgmma before each promotion.
+0x4B400000`` reinterpreted, minus 1.5 * 2^23) in place of the ``I2F`` cast executed 17% more
+instructions and ran 1-5% slower; each thread's scales in registers instead of shared loads
+per element moved the time by +-3%.  The 64 x 128 predecoded kernel holds 254 registers, so
+2 CTAs per SM, each waiting on its synchronous wgmma before it promotes.
 """
 
 import tilelang.language as T
