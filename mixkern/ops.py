@@ -57,17 +57,11 @@ def _gemm_cpu(x, idx4, idx8, qweight4, zeros4, scales4, chan_scale4, qweight8, s
 
 
 @functools.cache
-def _launch():
-    """The CUDA launcher, imported on first use: tilelang loads only when a GPU runs the op
-    (and a cached call is cheaper than an import statement on every call)."""
-    from .kernels.launch import gemm_flat
-    return gemm_flat
-
-
-@functools.cache
-def _prepare():
-    from .kernels.launch import prepare
-    return prepare
+def _launcher():
+    """The CUDA launcher module, imported on first use: tilelang loads only when a GPU runs the
+    op (and a cached call is cheaper than an import statement on every call)."""
+    from .kernels import launch
+    return launch
 
 
 def prepare_launch(m: int, k: int, dtype: torch.dtype, device: torch.device, weight_args: tuple):
@@ -75,12 +69,12 @@ def prepare_launch(m: int, k: int, dtype: torch.dtype, device: torch.device, wei
     once (:func:`mixkern.kernels.launch.prepare`): the op's CUDA kernel without the
     dispatcher, the schedule pick and the weight-argument build on every call."""
     *tensors, n, group_size, format_id = weight_args
-    return _prepare()(m, k, dtype, device, *tensors, n, group_size, FORMATS_BY_ID[format_id])
+    return _launcher().prepare(m, k, dtype, device, *tensors, n, group_size, FORMATS_BY_ID[format_id])
 
 
 def _gemm_cuda(x, idx4, idx8, qweight4, zeros4, scales4, chan_scale4, qweight8, scale8, n, group_size, format_id):
     """CUDA: the TileLang kernels, on the flat arguments (no PackedWeight built per call)."""
-    return _launch()(x, idx4, idx8, qweight4, zeros4, scales4, chan_scale4, qweight8, scale8, n, group_size,
+    return _launcher().gemm_flat(x, idx4, idx8, qweight4, zeros4, scales4, chan_scale4, qweight8, scale8, n, group_size,
                      FORMATS_BY_ID[format_id])
 
 
