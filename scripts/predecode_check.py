@@ -22,7 +22,7 @@ F16, B16 = torch.float16, torch.bfloat16
 cases = []  # (m, n, k, fraction, dtype, group, fmt, schedule or None)
 for fmt in ("progressive", "mixllm"):
     cases += [(77, 520, 4096, f, d, 128, fmt, s) for s in PD for f in (0.0, 0.1, 1.0) for d in (F16, B16)]
-    cases += [(100, 1000, 3584, 0.1, F16, 64, fmt, PD[0]), (100, 1000, 4608, 0.1, B16, 256, fmt, PD[0])]
+    cases += [(100, 1000, 3584, 0.1, F16, 64, fmt, s) for s in PD[:2]] + [(100, 1000, 4608, 0.1, B16, 256, fmt, s) for s in PD[:2]]
     shapes = [(65, 4104, 3584), (256, 1000, 8960), (1000, 20000, 1536), (3000, 3584, 18944), (4096, 4096, 4096),
               (257, 4097, 4096), (129, 8, 128), (700, 37888, 3584)]
     cases += [(m, n, k, f, (F16, B16)[i % 2], 128, fmt, None) for i, (m, n, k) in enumerate(shapes) for f in (0.0, 0.1, 1.0)]
@@ -50,6 +50,8 @@ for i, c in enumerate(cases):
               for sl in token_slices(len(clean), pw))
     unwritten = int(torch.isnan(yc).sum())
     key = fit(sched(c), k, g).key
+    print(f"{i + 1}/{len(cases)} {fmt} m={m} n={n} k={k} f={f} g={g} {key}: {'ok' if eq and inb and not unwritten else 'FAIL'}",
+          flush=True)
     if not (eq and inb and unwritten == 0):
         bad += 1
         print(f"FAIL {fmt} m={m} n={n} k={k} f={f} {d} g={g} {key}: equal={eq} bound={inb} unwritten={unwritten} "

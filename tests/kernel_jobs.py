@@ -68,7 +68,7 @@ def mixllm_jobs() -> list[tuple]:
     jobs = [j for arch in ARCHS for s in STRUCTURAL for has4, has8 in PRECISION_SPLITS
             for j in kernel_jobs(arch, 4096, 128, s, "float16", has4, has8, "mixllm")]
     jobs += [j for arch in ARCHS for s in STRUCTURAL[1::2] for j in kernel_jobs(arch, 4096, 128, s, "bfloat16", fmt="mixllm")]
-    jobs += [j for arch in ARCHS for g in (64, 256) for s in STRUCTURAL[::2]
+    jobs += [j for arch in ARCHS for g in (64, 256) for s in STRUCTURAL[::2] + STRUCTURAL[-1:]
              for j in kernel_jobs(arch, 3584 if g == 64 else 4608, g, fit(s, 3584, g), "float16", fmt="mixllm")]
     jobs += [j for arch in ARCHS for i, k in enumerate(ODD_K)
              for j in kernel_jobs(arch, k, 128, fit(STRUCTURAL[i % len(STRUCTURAL)], k, 128), "float16", fmt="mixllm")]

@@ -18,6 +18,7 @@ import tilelang.language as T
 
 from ..schedules import Schedule
 from .mixed_gemm import DTYPES, _scaled
+from .overlapped_promotion import BLOCK_M, CONSUMERS, overlapped_promotion_gemm
 from .promote import promote
 
 SWIZZLE_PANEL = 8  # blocks in a rasterization panel: neighbouring blocks share X and W tiles in L2
@@ -25,13 +26,16 @@ POLICY = T.GemmWarpPolicy.FullRow  # each warpgroup takes whole rows of the tile
 
 
 def int8_gemm(k: int, schedule: Schedule, out_dtype: str = "float16", group_span: int | None = None,
-              group_size: int = 128):
+              group_size: int = 128, wgmma: bool = False):
     """TileLang prim_func for Y (M, N) from int8 X (M, K) and predecoded int8 W (N, K).
 
     Launch arguments, progressive: X, A fp32 (M,), W, S fp32 (N,), Y.  mixllm
-    (``group_span``): X, At fp32 (K/A, M) activation group scales K-major, W, St fp32
-    (K/group_size, N) weight group scales K-major (exact copies of the fp16 scales), Y.
-    ``schedule.block_k`` must be ``group_span`` for mixllm; split-K is not used.
+    (``group_span``): X, At fp32 (K/A, Mp) activation group scales K-major (Mp >= M a multiple
+    of 4), W, St fp32 (K/group_size, N) weight group scales K-major (exact copies of the fp16
+    scales), Y.  ``schedule.block_k`` must be ``group_span`` for mixllm; split-K is not used.
+    mixllm on Hopper (``wgmma``) with 128-row tiles on 256 threads runs
+    :mod:`.overlapped_promotion` (plus a producer warpgroup of its own); other mixllm tiles run
+    the synchronous promotion below.
     """
     if group_span is not None and schedule.block_k != group_span:
         raise ValueError(f"{schedule}: the mixllm promotion takes one activation group per K tile (block_k={group_span})")
@@ -40,6 +44,8 @@ def int8_gemm(k: int, schedule: Schedule, out_dtype: str = "float16", group_span
     out = DTYPES[out_dtype]
     if group_span is None:
         return _row_scaled(k, schedule, out)
+    if wgmma and (schedule.block_m, schedule.threads) == (BLOCK_M, CONSUMERS):
+        return overlapped_promotion_gemm(k, schedule.block_n, schedule.stages, out_dtype, group_span, group_size)
     return _group_promoted(k, schedule, out, group_span, group_size)
 
 
@@ -92,12 +98,12 @@ def _group_promoted(k: int, s: Schedule, out: str, span: int, group_size: int):
     """mixllm: each activation group's int32 partial promoted into fp32 in increasing k, the
     group's scales staged with its tiles."""
     bm, bn, bk = s.block_m, s.block_n, s.block_k
-    m, n = T.dynamic("m"), T.dynamic("n")
+    m, n, mp = T.dynamic("m"), T.dynamic("n"), T.dynamic("mp")
     j_groups = k // span
     tiles, write = _tile_macros(s, out)
 
     @T.prim_func
-    def main(X: T.Tensor((m, k), "int8"), At: T.Tensor((j_groups, m), "float32"), W: T.Tensor((n, k), "int8"),
+    def main(X: T.Tensor((m, k), "int8"), At: T.Tensor((j_groups, mp), "float32"), W: T.Tensor((n, k), "int8"),
              St: T.Tensor((k // group_size, n), "float32"), Y: T.Tensor((m, n), out)):
         with T.Kernel(T.ceildiv(n, bn), T.ceildiv(m, bm), threads=s.threads) as (bx, by):
             X_s = T.alloc_shared((bm, bk), "int8")

@@ -113,7 +113,7 @@ def build(kind: str, arch: str, *args):
     if kind == "predecode":
         return predecode(*args)
     if kind == "int8_gemm":
-        return int8_gemm(*args)
+        return int8_gemm(*args, wgmma=arch.startswith("sm_90"))
     raise ValueError(f"unknown kernel kind {kind!r}")
 
 
@@ -303,7 +303,16 @@ class _Plan:
         wd = torch.empty(n, k, dtype=torch.int8, device=xq.device)
         sd = torch.empty((k // self.group_size, n) if self.mixllm else (n,), dtype=torch.float32, device=xq.device)
         self.predecode(*rows4, *rows8, wd, sd)
-        self.main(xq, a.t().contiguous() if self.mixllm else a, wd, sd, y)
+        self.main(xq, _k_major(a) if self.mixllm else a, wd, sd, y)
+
+
+def _k_major(a: torch.Tensor) -> torch.Tensor:
+    """(M, G) activation group scales as (G, Mp), Mp = M rounded up to 4: each group's scales
+    are one 16-byte-aligned row, as the predecoded mixllm GEMM's TMA loads need."""
+    m, groups = a.shape
+    at = torch.empty(groups, -(-m // 4) * 4, dtype=a.dtype, device=a.device)
+    at[:, :m].copy_(a.t())
+    return at
 
 
 @lru_cache(maxsize=None)
