@@ -1,6 +1,6 @@
 """Run every kernel kind once on small, awkward shapes (for compute-sanitizer memcheck / racecheck).
 
-    compute-sanitizer --tool memcheck python scripts/sanitize.py [--predecode]
+    compute-sanitizer --tool memcheck python scripts/sanitize.py [--predecode | --overlap]
 Each case is checked against the exact reference after the run; exit status 1 on a mismatch.
 """
 import sys
@@ -22,7 +22,10 @@ CASES = [  # (M, N, schedule): decode kernel (plain, fused, streamed), tensor-co
     (129, 300, Schedule(128, 256, 128, 2, 256, 1)), (256, 520, Schedule(256, 128, 128, 3, 256, 1)),
     (200, 264, Schedule(64, 128, 128, 4, 128, predecode=True)), (300, 520, Schedule(128, 256, 128, 3, 256, predecode=True)),
     (193, 1000, Schedule(128, 128, 128, 4, 256, predecode=True)),
+    (70, 330, Schedule(64, 128, 128, 4, 256, overlap=True)), (129, 260, Schedule(128, 128, 128, 4, 256, overlap=True)),
 ]
+if "--overlap" in sys.argv:  # only the overlapped decode's cases
+    CASES = [c for c in CASES if isinstance(c[2], Schedule) and c[2].overlap]
 if "--predecode" in sys.argv:  # only the predecoded GEMM's cases
     CASES = [c for c in CASES if isinstance(c[2], Schedule) and c[2].predecode]
 FORMATS = {s: ("progressive", "mixllm") if s.predecode else ("progressive",) for _, _, s in CASES if isinstance(s, Schedule)}

@@ -24,10 +24,12 @@ ARCHS = ("sm_80", "sm_90a")
 BUCKET_MS = (1, 4, 16, 32, 64, 256, 1024, 4096)
 ODD_K = (384, 640, 57344, 81920, 114688, MAX_IN_FEATURES)  # the model configs hold the odd factors in between
 STRUCTURAL = (  # one schedule per code path: plain / fused / streamed GEMV, small and large tiles, split-K,
-    # the predecoded GEMM on one and two consumer warpgroups
+    # the overlapped decode, the predecoded GEMM on one and two consumer warpgroups (keep the last last: mixllm's
+    # overlapped promotion)
     GemvSchedule(4, 2, 1), GemvSchedule(8, 4, 1, 4, True), GemvSchedule(8, 1, 4), Schedule(16, 64, 128, 4, 128),
-    Schedule(64, 64, 128, 3, 128, 4), Schedule(256, 128, 128, 3, 256), Schedule(64, 128, 128, 4, 128, predecode=True),
-    Schedule(128, 256, 128, 3, 256, predecode=True))
+    Schedule(64, 64, 128, 3, 128, 4), Schedule(256, 128, 128, 3, 256), Schedule(64, 128, 128, 4, 256, overlap=True),
+    Schedule(64, 128, 128, 4, 128, predecode=True), Schedule(128, 256, 128, 3, 256, predecode=True))
+BF16 = STRUCTURAL[1::2] + STRUCTURAL[6::2]  # half the code paths, and both overlapped kernels
 
 
 def model_shapes() -> list[tuple[int, int, int]]:
@@ -58,7 +60,7 @@ def shape_jobs() -> list[tuple]:
 def structural_jobs() -> list[tuple]:
     jobs = [j for arch in ARCHS for s in STRUCTURAL for has4, has8 in PRECISION_SPLITS
             for j in kernel_jobs(arch, 4096, 128, s, "float16", has4, has8)]
-    jobs += [j for arch in ARCHS for s in STRUCTURAL[1::2] for j in kernel_jobs(arch, 4096, 128, s, "bfloat16")]
+    jobs += [j for arch in ARCHS for s in BF16 for j in kernel_jobs(arch, 4096, 128, s, "bfloat16")]
     return list(dict.fromkeys(jobs))
 
 
@@ -67,7 +69,7 @@ def mixllm_jobs() -> list[tuple]:
     them in bf16, each weight group size (activation groups 64 and 128), odd K."""
     jobs = [j for arch in ARCHS for s in STRUCTURAL for has4, has8 in PRECISION_SPLITS
             for j in kernel_jobs(arch, 4096, 128, s, "float16", has4, has8, "mixllm")]
-    jobs += [j for arch in ARCHS for s in STRUCTURAL[1::2] for j in kernel_jobs(arch, 4096, 128, s, "bfloat16", fmt="mixllm")]
+    jobs += [j for arch in ARCHS for s in BF16 for j in kernel_jobs(arch, 4096, 128, s, "bfloat16", fmt="mixllm")]
     jobs += [j for arch in ARCHS for g in (64, 256) for s in STRUCTURAL[::2] + STRUCTURAL[-1:]
              for j in kernel_jobs(arch, 3584 if g == 64 else 4608, g, fit(s, 3584, g), "float16", fmt="mixllm")]
     jobs += [j for arch in ARCHS for i, k in enumerate(ODD_K)

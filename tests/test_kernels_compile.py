@@ -42,7 +42,9 @@ def check_instructions(job, src: str) -> None:
         return
     has4, has8 = job[6], job[7]
     int8_mma = "DataType::kInt8, tl::DataType::kInt8, tl::DataType::kInt32"  # int8 x int8 -> int32
-    if arch == "sm_90a":
+    if arch == "sm_90a" and job[4].overlap:
+        check_overlapped_decode(src, has4)
+    elif arch == "sm_90a":
         # both operands from shared memory (wgmma when the tile has 64+ tokens); TMA + warp
         # specialization for one precision and two or more consumer warpgroups, else cp.async
         assert (f"tl::wgmma_ss<tl::{int8_mma}" in src) == (job[4].block_m >= 64)
@@ -53,6 +55,17 @@ def check_instructions(job, src: str) -> None:
         assert f"tl::mma_sync<tl::{int8_mma}" in src
     # 4-bit tiles: the word-wise int4 -> int8 decode (mask, one multiply, carry-free byte subtract)
     assert (src.count("mixkern_decode16(") > 1) == has4  # a call besides the definition
+
+
+def check_overlapped_decode(src: str, has4: bool) -> None:
+    """The overlapped decode: TMA loads by a producer warpgroup, asynchronous wgmma waited one
+    behind (the next tile decodes while this one multiplies), no cp.async; 4-bit tiles decode
+    into one of two buffers, fenced for the tensor core's async proxy."""
+    assert "tma_load" in src and "cp_async_gs" not in src and "tl::wait_wgmma<1>();" in src
+    if has4:
+        decode = src.index("mixkern_decode16((")
+        assert src.index("mixkern_fence_decoded();", decode) < src.index("tl::wgmma_ss<", decode) < \
+            src.index("tl::wait_wgmma<1>();", decode)
 
 
 def check_int8_gemm_instructions(job, src: str) -> None:

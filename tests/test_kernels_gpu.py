@@ -110,6 +110,24 @@ def test_every_heuristic_schedule(schedule, k, group_size, m):
         assert _check(x, pw, schedule) == 0.0
 
 
+MID_SHAPES = [(64, 14336, 4096), (77, 14000, 4096), (100, 28672, 8192), (128, 14336, 4096), (129, 18944, 3584),
+              (191, 11008, 4096)]  # (M, N, K) that the overlapped decode serves on an H100
+
+
+@pytest.mark.parametrize("m, n, k", MID_SHAPES, ids=lambda v: str(v))
+@pytest.mark.parametrize("fraction", [0.0, 0.1, 1.0])
+def test_mid_prompts_run_the_overlapped_decode_exactly(m, n, k, fraction):
+    """64..191 tokens on wide layers: the op picks the overlapped decode (Hopper) and it is
+    bit-equal to the reference for either precision alone and mixed, N off the tile grid."""
+    from mixkern.kernels.launch import arch_of, sm_count
+    device = torch.device("cuda")
+    dtype = (torch.float16, torch.bfloat16)[m % 2]
+    pw, x = _inputs(SEED + m, m, n, k, fraction, dtype)
+    schedule = pick(arch_of(device), m, n, k, 128, round(fraction * n), sm_count(device))
+    assert schedule.overlap or arch_of(device) != "sm_90a"
+    assert _check(x, pw) == 0.0, f"MIXKERN_SEED={SEED}"
+
+
 @pytest.mark.parametrize("m, n, k", ANY_SHAPES, ids=lambda v: str(v))
 @pytest.mark.parametrize("fraction", [0.0, 0.1, 1.0])
 def test_any_k_and_n(m, n, k, fraction):

@@ -46,11 +46,12 @@ __device__ __forceinline__ void mixkern_fence_decoded() {
 def int4_decode_tile(bk: int, group_size: int, group_threads: int, group_rows: int, unit_scale: bool = False):
     """A macro decoding one (rows, bk) tile of packed codes P_s into int8 W_s, for the
     ``group_rows`` rows of consumer group ``group`` (``group_threads`` threads, 32 codes each
-    per pass).  ``unit_scale``: weights are ``q - z`` (mixllm; S2 is not read)."""
+    per pass).  ``unit_scale``: weights are ``q - z`` (mixllm; S2 is not read).  P_s and W_s
+    may be rings of tiles, (slots, rows, ...): then ``slots`` = (slot of P_s, slot of W_s)."""
     chunks = group_rows * bk // CODES_PER_THREAD
 
     @T.macro
-    def decode_tile(P_s, W_s, S2, Z, n_base, k0, group, n4):
+    def decode_tile(P_s, W_s, S2, Z, n_base, k0, group, n4, slots=None):
         tx = T.get_thread_binding() % group_threads
         for p in T.serial(T.ceildiv(chunks, group_threads)):
             c = p * group_threads + tx
@@ -61,8 +62,12 @@ def int4_decode_tile(bk: int, group_size: int, group_threads: int, group_rows: i
             s2 = T.int32(1) if unit_scale else T.Cast("int32", S2[n, grp])
             if c < chunks:
                 for h in T.unroll(2):  # two 16-byte chunks: each stays contiguous under any swizzle
-                    T.call_extern("handle", "mixkern_decode16", T.address_of(P_s[i, j // 2 + h * 8]),
-                                  T.address_of(W_s[i, j + h * 16]), s2, T.Cast("int32", Z[n, grp]))
+                    if slots is None:
+                        T.call_extern("handle", "mixkern_decode16", T.address_of(P_s[i, j // 2 + h * 8]),
+                                      T.address_of(W_s[i, j + h * 16]), s2, T.Cast("int32", Z[n, grp]))
+                    else:
+                        T.call_extern("handle", "mixkern_decode16", T.address_of(P_s[slots[0], i, j // 2 + h * 8]),
+                                      T.address_of(W_s[slots[1], i, j + h * 16]), s2, T.Cast("int32", Z[n, grp]))
 
     return decode_tile
 

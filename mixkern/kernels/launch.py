@@ -24,6 +24,7 @@ from .decode_gemv import decode_gemv
 from .int8_gemm import int8_gemm
 from .mixed_gemm import epilogue, mixed_gemm
 from .mixllm_gemm import mixllm_gemm
+from .overlapped_decode import overlapped_decode_gemm
 from .mixllm_gemv import mixllm_gemv
 from .predecode import predecode
 
@@ -86,7 +87,7 @@ def _pass_configs(kind: str, args: tuple) -> dict:
         return {"tl.disable_warp_specialized": True}
     if kind == "mma":
         schedule, has4, has8 = args[2], args[-2], args[-1]
-        if (has4 and has8) or schedule.threads < 256:
+        if (has4 and has8) or schedule.threads < 256 or schedule.overlap:  # overlap: its own producer warpgroup
             return {"tl.disable_warp_specialized": True}
     return {}
 
@@ -97,6 +98,8 @@ def build(kind: str, arch: str, *args):
     (k, activation group, dtype), 'epi' (dtype, has4), 'predecode' (k, group_size, mixllm,
     has4, has8), 'int8_gemm' (k, schedule, dtype[, activation group, group_size for mixllm])."""
     if kind == "mma":
+        if args[2].overlap and arch.startswith("sm_90"):
+            return overlapped_decode_gemm(*args)
         return mixed_gemm(*args, wgmma=arch.startswith("sm_90"))
     if kind == "mixllm_mma":
         return mixllm_gemm(*args, wgmma=arch.startswith("sm_90"))

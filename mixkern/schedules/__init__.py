@@ -34,6 +34,7 @@ class Schedule:
     threads: int = 256
     split_k: int = 1  # K slices summed exactly in int32 (atomics), then one epilogue pass
     predecode: bool = False  # decode the whole layer to int8 first, then a plain int8 GEMM (long prompts)
+    overlap: bool = False  # Hopper: decode tile j + 1 while the tensor cores multiply tile j (elsewhere: ignored)
 
     def check(self, k: int, group_size: int, n: int | None = None) -> None:
         """Raise ValueError if this schedule cannot run a K-long reduction with this group size
@@ -49,6 +50,10 @@ class Schedule:
             raise ValueError(f"{self}: block_n % 64, block_m % 16 and threads % 128 must all be 0")
         if self.predecode and (self.split_k != 1 or self.block_m < 64 * (self.threads // 128)):
             raise ValueError(f"{self}: a predecoded GEMM runs without split-K, each warpgroup on >= 64 whole rows")
+        if self.overlap and (self.predecode or self.split_k != 1 or self.block_m % 64 or
+                             self.block_n % (64 * (self.threads // 128))):
+            raise ValueError(f"{self}: the overlapped decode runs in-loop without split-K, on 64-row token tiles "
+                             "and 64 weight rows a warpgroup")
 
     def stores_rows(self, n: int) -> bool:
         """Whether the epilogue can write output rows of N features: the predecoded GEMM's TMA
@@ -57,7 +62,7 @@ class Schedule:
 
     @property
     def key(self) -> str:
-        tail = "_pd" if self.predecode else ""
+        tail = ("_pd" if self.predecode else "") + ("_ov" if self.overlap else "")
         return "bm{block_m}_bn{block_n}_bk{block_k}_s{stages}_t{threads}_sk{split_k}".format(**asdict(self)) + tail
 
     def shared_bytes(self, has4: bool = True, has8: bool = True) -> int:
@@ -68,6 +73,9 @@ class Schedule:
         if self.predecode:
             return self.stages * (self.block_m + self.block_n) * self.block_k + self.block_m * self.block_n * 2
         x = self.stages * self.block_m * self.block_k
+        if self.overlap:  # one X ring for both precisions; 4-bit rows decode into two tiles
+            return (x + has4 * (self.stages * self.block_n * self.block_k // 2 + 2 * self.block_n * self.block_k)
+                    + has8 * self.stages * self.block_n * self.block_k)
         four = x + self.stages * self.block_n * self.block_k // 2 + self.block_n * self.block_k
         eight = x + self.stages * self.block_n * self.block_k
         return four * has4 + eight * has8
@@ -172,10 +180,12 @@ def pick(arch: str, m: int, n: int, k: int, group_size: int = 128, n8: int = 0, 
     """The schedule for an (M, N, K) layer on ``arch`` (N = all output features, ``n8`` of them
     8-bit, ``sms`` the GPU's SM count): the tuned table's entry, else the shape-aware
     heuristic of :mod:`.heuristic`; made runnable for this K by :func:`fit`."""
-    from .heuristic import choose, predecoded, sm_count
+    from .heuristic import choose, overlapped, predecoded, sm_count
     tuned = load_table(arch, timed_only=True).get(table_key(m, n, k))
     if tuned is not None and predecoded(arch, m, n, sm_count(arch, sms)) and not getattr(tuned, "predecode", False):
         tuned = None  # in-loop-decode entries lost to the predecoded GEMM wherever it applies (H100)
+    if tuned is not None and overlapped(arch, m, n, n8, sm_count(arch, sms)) is not None:
+        tuned = None  # the tables predate the overlapped decode, which beat their entries where it applies (H100)
     return fit(tuned or choose(arch, m, n, k, group_size, n8, sms), k, group_size)
 
 
@@ -217,7 +227,7 @@ def for_mixllm(schedule: AnySchedule, k: int, group_size: int, arch: str,
         s = Schedule(*((128, 128, span, 5, 256) if overlapped else (64, 128, span, 4, 128)), predecode=True).fitted(arch)
         s.check(k, group_size)
         return s
-    s = Schedule(**{**asdict(schedule), "block_k": span, "split_k": 1})
+    s = Schedule(**{**asdict(schedule), "block_k": span, "split_k": 1, "overlap": False})
     limit = SHARED_BYTES.get(arch.split("+")[0], 99 * 1024)
     while s.block_m > 16 and s.block_m * s.block_n // s.threads > MIXLLM_MAX_ACC_PER_THREAD:
         s = Schedule(**{**asdict(s), "block_m": s.block_m // 2})

@@ -22,6 +22,11 @@ blocks a grid has against the GPU's SM count, and how long one block's K loop is
   with the widest of 128 x 256, 128 x 128, 64 x 128 tiles whose grid fills 0.8 of a wave.  It
   beat every in-loop-decode tile from M = 192 on four Llama-3 shapes, in both formats
   (1.05-1.32x at 192, up to 2x at 4096), and lost below 128 on the large ones.
+* **64 <= M < 192** (sm_90a): the in-loop kernel with the decode overlapped with asynchronous
+  wgmma (:mod:`mixkern.kernels.overlapped_decode`), 64 x 128 tiles up to 64 tokens, else
+  128 x 128 (64 x 128 if that grid is short), when the grid fills 0.8 of a wave: on the
+  H100 1.0-1.5x the previous pick on 14336 x 4096 and 28672 x 8192 at M = 64 / 128; a
+  shorter grid (N = 4096) lost to the split-K tiles below, which it cannot use.
 * **M <= 256** otherwise: 128 x 128 tiles with two consumer warpgroups when the grid has half
   a block per SM, else 64 x 128.
 * **M > 256** otherwise: 256 x 128 tiles when they fill ~0.9 waves, else 128 x 128, else 64 x 128.
@@ -43,6 +48,8 @@ MIN_K_PER_SPLIT = 2048
 FUSED_MAX_K = 8192  # longer rows: the plain GEMV (see the module docstring)
 TENSOR_CORE_MIN_N = 8192  # M <= 16: from here the 16-token tensor-core tile beats the GEMV
 PREDECODE_MIN_M = 192  # from here decoding the whole layer first, then a plain int8 GEMM, wins (H100, both formats)
+OVERLAP_MIN_M = 64  # from here (to PREDECODE_MIN_M) the overlapped decode, where its grid fills the GPU (H100)
+OVERLAP_TILES = (Schedule(64, 128, 128, 4, 256, overlap=True), Schedule(128, 128, 128, 4, 256, overlap=True))
 PREDECODE_TILES = (Schedule(128, 256, 128, 3, 256, predecode=True), Schedule(128, 128, 128, 4, 256, predecode=True),
                    Schedule(64, 128, 128, 4, 128, predecode=True))
 
@@ -65,6 +72,9 @@ def choose(arch: str, m: int, n: int, k: int, group_size: int = 128, n8: int = 0
         return GemvSchedule(rows=4, warps=2 if long_k else 4, tokens=16 if long_k else 8)
     if predecoded(arch, m, n, sms):
         return _predecoded_tile(m, n, sms)
+    tile = overlapped(arch, m, n, n8, sms)
+    if tile is not None:
+        return tile
     return _tensor_core(m, n, k, group_size, n8, sms)
 
 
@@ -94,6 +104,17 @@ def predecoded(arch: str, m: int, n: int, sms: int) -> bool:
     blocks = _ceil(m, smallest.block_m) * _ceil(n, smallest.block_n)
     return (arch.split("+")[0] == "sm_90a" and m >= PREDECODE_MIN_M and smallest.stores_rows(n)
             and 2 * blocks >= sms)
+
+
+def overlapped(arch: str, m: int, n: int, n8: int, sms: int) -> Schedule | None:
+    """The overlapped-decode tile for an M x N layer on ``arch``, or None where it does not apply:
+    sm_90a, OVERLAP_MIN_M <= M < PREDECODE_MIN_M, and a grid (4-bit and 8-bit tiles) of at least
+    0.8 of a wave -- it has no split-K to fill a GPU with a short grid."""
+    if arch.split("+")[0] != "sm_90a" or not OVERLAP_MIN_M <= m < PREDECODE_MIN_M:
+        return None
+    tiles = OVERLAP_TILES[:1] if m <= 64 else OVERLAP_TILES[::-1]
+    return next((t for t in tiles if _ceil(m, t.block_m) * (_ceil(n - n8, t.block_n) + _ceil(n8, t.block_n)) >= 0.8 * sms),
+                None)
 
 
 def _predecoded_tile(m: int, n: int, sms: int) -> Schedule:
@@ -166,7 +187,7 @@ def distinct_token_counts(max_tokens: int) -> list[int]:
 def every_schedule() -> list[AnySchedule]:
     """Every schedule :func:`choose` can return (for compile tests: all of them must build)."""
     out = set()
-    for m in (1, 2, 8, 16, 17, 33, 65, 257):
+    for m in (1, 2, 8, 16, 17, 33, 64, 65, 257):
         for n in (1, 64, 512, 4096, 8192, 65536):
             for k in (128, 4096, 8192, 16384, 65536):
                 for sms in (1, 132):
