@@ -3,7 +3,8 @@
 Decode buckets (M <= 16) try the dp4a kernel (:class:`GemvSchedule`: with or without the
 activation quantization fused in, one or several row groups per block) and small-tile
 tensor-core schedules with split-K; larger buckets try tensor-core tiles only, and above
-M = 64 the predecoded GEMM's tiles beside the in-loop-decode ones.  Pruning is
+M = 64 the predecoded GEMM's tiles beside the in-loop-decode ones; from M = 64 on sm_90a the
+overlapped decode's tiles too.  Pruning is
 static, before anything compiles: shared memory per block, accumulator registers per
 thread, K divisibility, wgmma's 64-row minimum per warpgroup, idle lanes in the dp4a
 kernel.  What survives and still fails to compile is reported by the tuner, not hidden.
@@ -39,6 +40,9 @@ def _mma_space(bucket: int) -> list[Schedule]:
     else:
         grid = dict(bm=(64, 128, 256), bn=(128, 256), bk=(64, 128), st=(2, 3, 4), th=(128, 256), sk=(1,))
     in_loop = [Schedule(*v) for v in itertools.product(*grid.values())]
+    overlapped = [Schedule(bm, 128, 128, st, 256, overlap=True)
+                  for bm, st in itertools.product((64, 128) if bucket > 64 else (64,), (3, 4))] if bucket >= 64 else []
+    in_loop += overlapped
     if bucket <= 64:
         return in_loop
     predecoded = [Schedule(bm, bn, 128, st, th, predecode=True)
@@ -63,6 +67,8 @@ def prune_reason(s: AnySchedule, arch: str, n: int, k: int, group_size: int) -> 
         if s.rows > max(n, 1):
             return "rows > N"
         return None
+    if s.overlap and base != "sm_90a":
+        return "Hopper only"  # elsewhere an overlap schedule is its in-loop tile again
     if not s.stores_rows(n):
         return "output rows"  # the predecoded GEMM's TMA epilogue stores 16-byte runs
     if s.fitted(arch).shared_bytes() > SHARED_BYTES.get(base, 99 * 1024):  # both precisions, stages cut to 2
