@@ -95,7 +95,7 @@ def check_mixllm_instructions(job, src: str) -> None:
     block_m = job[3].block_m if kind == "int8_gemm" else job[4].block_m
     assert (f"tl::wgmma_ss<tl::{int8_mma}" in src) if arch == "sm_90a" and block_m >= 64 else \
         (f"tl::mma_sync<tl::{int8_mma}" in src or f"tl::wgmma_ss<tl::{int8_mma}" in src)
-    if kind == "int8_gemm" and arch == "sm_90a" and block_m == 128:
+    if arch == "sm_90a" and ((kind == "int8_gemm" and block_m == 128) or (kind == "mixllm_mma" and job[4].overlap)):
         check_overlapped_promotion(src)
     else:
         assert "tma_load" not in src  # no warp specialization (launch._pass_configs)
@@ -103,8 +103,9 @@ def check_mixllm_instructions(job, src: str) -> None:
 
 
 def check_overlapped_promotion(src: str) -> None:
-    """The predecoded mixllm GEMM on Hopper: a TMA producer warpgroup with fewer registers, and
-    each group's promotion placed between the next group's wgmma issue and the wait for it."""
+    """The mixllm GEMMs on Hopper (predecoded, and in-loop overlapped): a TMA producer warpgroup
+    with fewer registers, and each group's promotion placed between the next group's wgmma
+    issue and the wait for it."""
     assert "tma_load" in src and "warpgroup_reg_alloc" in src and "warpgroup_reg_dealloc" in src
     issue = src.index("(acc1 + 0)), ")  # the first wgmma into the second int32 fragment
     wait = src.index("tl::wait_wgmma<0>();", issue)

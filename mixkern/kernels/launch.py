@@ -25,6 +25,7 @@ from .int8_gemm import int8_gemm
 from .mixed_gemm import epilogue, mixed_gemm
 from .mixllm_gemm import mixllm_gemm
 from .overlapped_decode import overlapped_decode_gemm
+from .overlapped_mixllm_gemm import overlapped_mixllm_gemm
 from .mixllm_gemv import mixllm_gemv
 from .predecode import predecode
 
@@ -102,6 +103,8 @@ def build(kind: str, arch: str, *args):
             return overlapped_decode_gemm(*args)
         return mixed_gemm(*args, wgmma=arch.startswith("sm_90"))
     if kind == "mixllm_mma":
+        if args[2].overlap and arch.startswith("sm_90"):
+            return overlapped_mixllm_gemm(*args)
         return mixllm_gemm(*args, wgmma=arch.startswith("sm_90"))
     if kind == "mixllm_gemv":
         return mixllm_gemv(*args)

@@ -213,7 +213,8 @@ def for_mixllm(schedule: AnySchedule, k: int, group_size: int, arch: str,
     schedules carry over.  A tensor-core schedule takes one activation group per K tile
     (block_k = A) and no split-K (it would reorder the format's fp32 chain); a predecoded one
     takes the overlapped-promotion kernel's 128 x 128 tile on Hopper where the progressive pick
-    had 128-row tiles (its grid fills the GPU), else 64 x 128; an in-loop one halves block_m
+    had 128-row tiles (its grid fills the GPU), else 64 x 128; an overlapped-decode one (Hopper)
+    takes the overlapped mixllm kernel's 64 x 128 tile; any other in-loop one halves block_m
     while the two accumulators (int32 partial + fp32) would pass
     :data:`MIXLLM_MAX_ACC_PER_THREAD` each per thread, then sheds stages, then block_m, to fit
     shared memory."""
@@ -225,6 +226,10 @@ def for_mixllm(schedule: AnySchedule, k: int, group_size: int, arch: str,
     if schedule.predecode:  # the promotion's accumulators allow 64 x 128 a warpgroup
         overlapped = arch.startswith("sm_90") and schedule.block_m >= 128  # a grid that fills the GPU in 128-row tiles
         s = Schedule(*((128, 128, span, 5, 256) if overlapped else (64, 128, span, 4, 128)), predecode=True).fitted(arch)
+        s.check(k, group_size)
+        return s
+    if schedule.overlap and arch.startswith("sm_90"):  # the overlapped mixllm kernel's one tile
+        s = Schedule(64, 128, span, 4, 256, overlap=True).fitted(arch, has4, has8)
         s.check(k, group_size)
         return s
     s = Schedule(**{**asdict(schedule), "block_k": span, "split_k": 1, "overlap": False})
