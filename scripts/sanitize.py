@@ -28,7 +28,8 @@ if "--overlap" in sys.argv:  # only the overlapped decode's cases
     CASES = [c for c in CASES if isinstance(c[2], Schedule) and c[2].overlap]
 if "--predecode" in sys.argv:  # only the predecoded GEMM's cases
     CASES = [c for c in CASES if isinstance(c[2], Schedule) and c[2].predecode]
-FORMATS = {s: ("progressive", "mixllm") if s.predecode else ("progressive",) for _, _, s in CASES if isinstance(s, Schedule)}
+FORMATS = {s: ("progressive", "mixllm") if s.predecode or s.overlap else ("progressive",)
+           for _, _, s in CASES if isinstance(s, Schedule)}
 if "--compile" in sys.argv:  # fill the kernel cache in parallel first (outside the sanitizer)
     from mixkern.bench import warm_compile_cache
     from mixkern.kernels.launch import arch_of

@@ -107,6 +107,26 @@ def test_any_k_and_n(m, n, k, fraction):
     assert _check(x, pw) == 0.0, f"MIXKERN_SEED={SEED}"
 
 
+MID_CASES = [(64, 14336, 4096, 128), (77, 14000, 4096, 128), (100, 28672, 8192, 128), (128, 14336, 4096, 128),
+             (129, 18944, 3584, 128), (191, 11008, 4096, 128), (96, 14336, 3584, 64), (70, 14336, 4608, 256)]
+
+
+@pytest.mark.parametrize("m, n, k, group_size", MID_CASES, ids=lambda v: str(v))
+@pytest.mark.parametrize("fraction", SPLITS)
+def test_mid_prompts_run_the_overlapped_kernel_exactly(m, n, k, group_size, fraction):
+    """64..191 tokens on wide layers: the op picks the overlapped mixllm kernel on Hopper
+    (promotion of group j - 1 and decode of j + 1 beside the MMA of j), bit-equal to the
+    reference for every weight group, precision mix and dtype, N off the tile grid."""
+    from mixkern.kernels.launch import arch_of, sm_count
+    from mixkern.schedules import for_mixllm, pick
+    device = torch.device("cuda")
+    arch = arch_of(device)
+    pw, x = _inputs(SEED + m + group_size, m, n, k, fraction, (torch.float16, torch.bfloat16)[m % 2], group_size)
+    schedule = for_mixllm(pick(arch, m, n, k, group_size, round(fraction * n), sm_count(device)), k, group_size, arch)
+    assert schedule.overlap or arch != "sm_90a"
+    assert _check(x, pw) == 0.0, f"MIXKERN_SEED={SEED}"
+
+
 @pytest.mark.parametrize("n, k", _model_layers(), ids=lambda v: str(v))
 def test_real_model_layers(n, k):
     """Every layer shape of Qwen2.5-1.5B and -7B (fused q/k/v and gate/up included), 10% 8-bit

@@ -24,6 +24,21 @@ from .mixed_gemm import DTYPES
 from .promote import promote
 
 
+def column_store(bm: int, bn: int, m, out: str):
+    """A macro writing a (bm, bn) fp32 tile into its features' original columns of Y (the
+    mixllm in-loop kernels' epilogue): Y[row, Idx[col]] = out(acc_f), inside M and the rows."""
+
+    @T.macro
+    def store(acc_f, Idx, Y, rows, col0, by):
+        for i, j in T.Parallel(bm, bn):
+            row = by * bm + i
+            col = col0 + j
+            if row < m and col < rows:
+                Y[row, Idx[col]] = T.Cast(out, acc_f[i, j])
+
+    return store
+
+
 def mixllm_gemm(k: int, group_size: int, schedule: Schedule, out_dtype: str = "float16",
                 has4: bool = True, has8: bool = True, wgmma: bool = True):
     """TileLang prim_func for all output features of one mixllm layer.
@@ -59,13 +74,7 @@ def mixllm_gemm(k: int, group_size: int, schedule: Schedule, out_dtype: str = "f
         for i, j in T.Parallel(bm, bn):
             acc_f[i, j] = promote(acc_i[i, j], a_s[i], s_s[j], acc_f[i, j])
 
-    @T.macro
-    def store(acc_f, Idx, Y, rows, col0, by):
-        for i, j in T.Parallel(bm, bn):
-            row = by * bm + i
-            col = col0 + j
-            if row < m and col < rows:
-                Y[row, Idx[col]] = T.Cast(out, acc_f[i, j])
+    store = column_store(bm, bn, m, out)
 
     @T.prim_func
     def main(X: T.Tensor((m, k), "int8"), A: T.Tensor((m, j_groups), "float32"),

@@ -22,6 +22,7 @@ from ..format import WeightFormat
 from ..schedules import Schedule
 from .int4_decode import DECODE_BARRIER, DECODE_SOURCE, int4_decode_tile
 from .mixed_gemm import DTYPES
+from .mixllm_gemm import column_store
 from .promote import promote
 
 PRODUCER_THREADS = 128
@@ -109,12 +110,7 @@ def overlapped_mixllm_gemm(k: int, group_size: int, schedule: Schedule, out_dtyp
         else:
             retire(groups - 1, acc0, acc_f, a_s, s_s, empty)
 
-    @T.macro
-    def store(acc_f, Idx, Y, rows, col0, by):
-        for i, c in T.Parallel(bm, bn):
-            row, col = by * bm + i, col0 + c
-            if row < m and col < rows:
-                Y[row, Idx[col]] = T.Cast(out, acc_f[i, c])
+    store = column_store(bm, bn, m, out)
 
     @T.prim_func
     def main(X: T.Tensor((m, k), "int8"), A: T.Tensor((m, groups), "float32"),
