@@ -52,6 +52,7 @@ def int4_decode_tile(bk: int, group_size: int, group_threads: int, group_rows: i
 
     @T.macro
     def decode_tile(P_s, W_s, S2, Z, n_base, k0, group, n4, slots=None):
+        ring_p, ring_w = ((), ()) if slots is None else ((slots[0],), (slots[1],))  # leading ring index, if any
         tx = T.get_thread_binding() % group_threads
         for p in T.serial(T.ceildiv(chunks, group_threads)):
             c = p * group_threads + tx
@@ -62,12 +63,8 @@ def int4_decode_tile(bk: int, group_size: int, group_threads: int, group_rows: i
             s2 = T.int32(1) if unit_scale else T.Cast("int32", S2[n, grp])
             if c < chunks:
                 for h in T.unroll(2):  # two 16-byte chunks: each stays contiguous under any swizzle
-                    if slots is None:
-                        T.call_extern("handle", "mixkern_decode16", T.address_of(P_s[i, j // 2 + h * 8]),
-                                      T.address_of(W_s[i, j + h * 16]), s2, T.Cast("int32", Z[n, grp]))
-                    else:
-                        T.call_extern("handle", "mixkern_decode16", T.address_of(P_s[slots[0], i, j // 2 + h * 8]),
-                                      T.address_of(W_s[slots[1], i, j + h * 16]), s2, T.Cast("int32", Z[n, grp]))
+                    T.call_extern("handle", "mixkern_decode16", T.address_of(P_s[(*ring_p, i, j // 2 + h * 8)]),
+                                  T.address_of(W_s[(*ring_w, i, j + h * 16)]), s2, T.Cast("int32", Z[n, grp]))
 
     return decode_tile
 

@@ -28,6 +28,25 @@ def _scaled(acc, a, s, out: str):
     return T.Cast(out, (T.Cast("float32", acc) * a) * s)
 
 
+def scaled_store(bm: int, bn: int, m, out: str, split: bool = False):
+    """A macro writing a (bm, bn) int32 tile into its features' original columns of Y through the
+    format's epilogue (:func:`_scaled`), inside M and the precision's rows; with ``split``, adding
+    it into the split-K workspace Acc instead (exact int32 atomics)."""
+
+    @T.macro
+    def store(acc, A, S, Idx, Y, Acc, rows, col0, acc_col0, by):
+        for i, j in T.Parallel(bm, bn):
+            row = by * bm + i
+            col = col0 + j
+            if row < m and col < rows:
+                if split:
+                    T.atomic_add(Acc[row, acc_col0 + col], acc[i, j])
+                else:
+                    Y[row, Idx[col]] = _scaled(acc[i, j], A[row], S[col], out)
+
+    return store
+
+
 def mixed_gemm(k: int, group_size: int, schedule: Schedule, out_dtype: str = "float16",
                has4: bool = True, has8: bool = True, wgmma: bool = True):
     """TileLang prim_func for all output features of one layer (the 4-bit ones if has4, the
@@ -56,16 +75,7 @@ def mixed_gemm(k: int, group_size: int, schedule: Schedule, out_dtype: str = "fl
 
     decode_tile = int4_decode_tile(bk, group_size, group_threads, group_rows)
 
-    @T.macro
-    def store(acc, A, S, Idx, Y, Acc, rows, col0, acc_col0, by):
-        for i, j in T.Parallel(bm, bn):
-            row = by * bm + i
-            col = col0 + j
-            if row < m and col < rows:
-                if split:
-                    T.atomic_add(Acc[row, acc_col0 + col], acc[i, j])
-                else:
-                    Y[row, Idx[col]] = _scaled(acc[i, j], A[row], S[col], out)
+    store = scaled_store(bm, bn, m, out, split)
 
     @T.macro
     def body(X, A, W4, S2, Z, S4, I4, W8, S8, I8, Y, Acc):

@@ -22,7 +22,7 @@ import tilelang.language as T
 
 from ..schedules import Schedule
 from .int4_decode import DECODE_BARRIER, DECODE_SOURCE, int4_decode_tile
-from .mixed_gemm import DTYPES, _scaled
+from .mixed_gemm import DTYPES, scaled_store
 
 PRODUCER_THREADS = 128
 
@@ -35,7 +35,7 @@ def overlapped_decode_gemm(k: int, group_size: int, schedule: Schedule, out_dtyp
     if s.split_k != 1 or s.threads % 128 or bn % (64 * (s.threads // 128)) or bm % 64:
         raise ValueError(f"{s}: the overlapped decode needs split_k 1, 64-row token tiles and 64 weight rows a warpgroup")
     consumers = s.threads
-    groups, rows = consumers // 128, bn // (consumers // 128)
+    rows = bn // (consumers // 128)  # weight rows each consumer warpgroup decodes and multiplies
     m, n4, n8, n_total = T.dynamic("m"), T.dynamic("n4"), T.dynamic("n8"), T.dynamic("n_total")
     g, nk, out = k // group_size, k // bk, DTYPES[out_dtype]
     blocks4 = T.ceildiv(n4, bn) if has4 else 0
@@ -43,12 +43,7 @@ def overlapped_decode_gemm(k: int, group_size: int, schedule: Schedule, out_dtyp
     decode_tile = int4_decode_tile(bk, group_size, 128, rows)
     policy = T.GemmWarpPolicy.FullCol
 
-    @T.macro
-    def store(acc, A, S, Idx, Y, n_rows, col0, by):
-        for i, j in T.Parallel(bm, bn):
-            row, col = by * bm + i, col0 + j
-            if row < m and col < n_rows:
-                Y[row, Idx[col]] = _scaled(acc[i, j], A[row], S[col], out)
+    store = scaled_store(bm, bn, m, out)
 
     @T.macro
     def produce(X, Wt, X_s, W_s, full, empty, row0, by, packed):
@@ -60,25 +55,19 @@ def overlapped_decode_gemm(k: int, group_size: int, schedule: Schedule, out_dtyp
             T.barrier_arrive(full[j % stages])
 
     @T.macro
-    def consume4(X_s, P_s, D_s, S2, Z, acc, full, empty, row0):
+    def consume(X_s, W_s, D_s, S2, Z, acc, full, empty, row0, packed):
+        """packed: decode tile j into D_s[j % 2] (last read by MMA j - 2, complete since iteration
+        j - 1's wait) and multiply that; else multiply the int8 tile as it arrived."""
         group = T.get_thread_binding() // 128
         for j in T.serial(nk):
             T.mbarrier_wait_parity(full[j % stages], (j // stages) % 2)
-            # D_s[j % 2] was last read by MMA j - 2, complete since iteration j - 1's wait
-            decode_tile(P_s, D_s, S2, Z, row0, j * bk, group, n4, (j % stages, j % 2))
-            T.call_extern("handle", "mixkern_fence_decoded")
-            T.sync_threads(DECODE_BARRIER + group, 128)
-            T.wgmma_gemm(X_s[j % stages, :, :], D_s[j % 2, :, :], acc, transpose_B=True, policy=policy)
-            T.wait_wgmma(1)
-            if j > 0:
-                T.barrier_arrive(empty[(j - 1) % stages])
-        T.wait_wgmma(0)
-
-    @T.macro
-    def consume8(X_s, W_s, acc, full, empty):
-        for j in T.serial(nk):
-            T.mbarrier_wait_parity(full[j % stages], (j // stages) % 2)
-            T.wgmma_gemm(X_s[j % stages, :, :], W_s[j % stages, :, :], acc, transpose_B=True, policy=policy)
+            if packed:
+                decode_tile(W_s, D_s, S2, Z, row0, j * bk, group, n4, (j % stages, j % 2))
+                T.call_extern("handle", "mixkern_fence_decoded")
+                T.sync_threads(DECODE_BARRIER + group, 128)
+                T.wgmma_gemm(X_s[j % stages, :, :], D_s[j % 2, :, :], acc, transpose_B=True, policy=policy)
+            else:
+                T.wgmma_gemm(X_s[j % stages, :, :], W_s[j % stages, :, :], acc, transpose_B=True, policy=policy)
             T.wait_wgmma(1)
             if j > 0:
                 T.barrier_arrive(empty[(j - 1) % stages])
@@ -104,15 +93,15 @@ def overlapped_decode_gemm(k: int, group_size: int, schedule: Schedule, out_dtyp
                     produce(X, W4, X_s, P_s, full, empty, bx * bn, by, True)
                 else:
                     T.clear(acc)
-                    consume4(X_s, P_s, D_s, S2, Z, acc, full, empty, bx * bn)
-                    store(acc, A, S4, I4, Y, n4, bx * bn, by)
+                    consume(X_s, P_s, D_s, S2, Z, acc, full, empty, bx * bn, True)
+                    store(acc, A, S4, I4, Y, None, n4, bx * bn, 0, by)
             else:
                 W_s = T.alloc_shared((stages, bn, bk), "int8")
                 if tx >= consumers:
                     produce(X, W8, X_s, W_s, full, empty, (bx - blocks4) * bn, by, False)
                 else:
                     T.clear(acc)
-                    consume8(X_s, W_s, acc, full, empty)
-                    store(acc, A, S8, I8, Y, n8, (bx - blocks4) * bn, by)
+                    consume(X_s, W_s, None, None, None, acc, full, empty, 0, False)
+                    store(acc, A, S8, I8, Y, None, n8, (bx - blocks4) * bn, 0, by)
 
     return main

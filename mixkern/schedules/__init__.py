@@ -223,13 +223,15 @@ def for_mixllm(schedule: AnySchedule, k: int, group_size: int, arch: str,
         return schedule
     from ..format import WeightFormat
     span = WeightFormat.MIXLLM.act_group_size(group_size)
-    if schedule.predecode:  # the promotion's accumulators allow 64 x 128 a warpgroup
-        overlapped = arch.startswith("sm_90") and schedule.block_m >= 128  # a grid that fills the GPU in 128-row tiles
-        s = Schedule(*((128, 128, span, 5, 256) if overlapped else (64, 128, span, 4, 128)), predecode=True).fitted(arch)
-        s.check(k, group_size)
-        return s
-    if schedule.overlap and arch.startswith("sm_90"):  # the overlapped mixllm kernel's one tile
-        s = Schedule(64, 128, span, 4, 256, overlap=True).fitted(arch, has4, has8)
+    hopper = arch.startswith("sm_90")
+    fixed = None  # the mixllm kernels with one tile each
+    if schedule.predecode:  # the promotion's accumulators allow 64 x 128 a warpgroup; 128 rows where the grid fills the GPU
+        wide = hopper and schedule.block_m >= 128
+        fixed = Schedule(*((128, 128, span, 5, 256) if wide else (64, 128, span, 4, 128)), predecode=True)
+    elif schedule.overlap and hopper:  # the overlapped mixllm kernel
+        fixed = Schedule(64, 128, span, 4, 256, overlap=True)
+    if fixed is not None:
+        s = fixed.fitted(arch, has4, has8)
         s.check(k, group_size)
         return s
     s = Schedule(**{**asdict(schedule), "block_k": span, "split_k": 1, "overlap": False})
