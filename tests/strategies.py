@@ -78,3 +78,13 @@ def gpu_case(seed, m, n, k, fraction, dtype, group_size=128, format="progressive
     if outlier_channels:
         x[:, torch.randint(0, k, (max(1, k // 500),), device="cuda", generator=gen)] *= 300
     return quantize_weight(w, idx.cpu().tolist(), group_size, format=format), x.to(dtype)
+
+
+def compile_ahead(jobs) -> None:
+    """Compile a GPU test module's kernels on all cores before its tests run (each compiles once;
+    one at a time on first use would serialize them).  ``MIXKERN_COMPILE_AHEAD=0`` skips this,
+    so that a ``-k`` selection of a few tests on a cold cache compiles only what it runs."""
+    import os
+    if os.environ.get("MIXKERN_COMPILE_AHEAD", "1") != "0":
+        from mixkern.warmup import compile_jobs
+        compile_jobs(list(jobs))

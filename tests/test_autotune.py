@@ -59,7 +59,7 @@ def test_pick_uses_the_timed_table_then_the_heuristic():
         lowest = 1 if b == M_BUCKETS[0] else M_BUCKETS[M_BUCKETS.index(b) - 1] + 1
         for m in (lowest, min(b, 5000)):  # both ends of the bucket
             # a tuned in-loop entry yields to the predecoded GEMM and to the overlapped decode
-            if (predecoded("sm_90a", m, n, 132) and not s.predecode) or overlapped("sm_90a", m, n, 0, 132) is not None:
+            if (predecoded("sm_90a", m, n, 132) and not s.predecode) or overlapped("sm_90a", m, n, k, 0, 132) is not None:
                 assert pick("sm_90a", m, n, k) == fit(choose("sm_90a", m, n, k), k, 128), (m, key)
             else:
                 assert pick("sm_90a", m, n, k) == s, (m, key)

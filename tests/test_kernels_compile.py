@@ -43,7 +43,7 @@ def check_instructions(job, src: str) -> None:
     has4, has8 = job[6], job[7]
     int8_mma = "DataType::kInt8, tl::DataType::kInt8, tl::DataType::kInt32"  # int8 x int8 -> int32
     if arch == "sm_90a" and job[4].overlap:
-        check_overlapped_decode(src, has4)
+        check_overlapped_decode(src, has4, job[4].split_k > 1)
     elif arch == "sm_90a":
         # both operands from shared memory (wgmma when the tile has 64+ tokens); TMA + warp
         # specialization for one precision and two or more consumer warpgroups, else cp.async
@@ -57,15 +57,19 @@ def check_instructions(job, src: str) -> None:
     assert (src.count("mixkern_decode16(") > 1) == has4  # a call besides the definition
 
 
-def check_overlapped_decode(src: str, has4: bool) -> None:
+def check_overlapped_decode(src: str, has4: bool, split: bool) -> None:
     """The overlapped decode: TMA loads by a producer warpgroup, asynchronous wgmma waited one
     behind (the next tile decodes while this one multiplies), no cp.async; 4-bit tiles decode
-    into one of two buffers, fenced for the tensor core's async proxy."""
+    into one of two buffers, fenced for the tensor core's async proxy, from scales the producer
+    staged in shared memory (no global load in the decode); split over K, int32 atomics."""
     assert "tma_load" in src and "cp_async_gs" not in src and "tl::wait_wgmma<1>();" in src
+    assert ("AtomicAdd(" in src) == split
     if has4:
         decode = src.index("mixkern_decode16((")
         assert src.index("mixkern_fence_decoded();", decode) < src.index("tl::wgmma_ss<", decode) < \
             src.index("tl::wait_wgmma<1>();", decode)
+        call = src[decode:src.index(";", decode)]
+        assert "Z_s" in call and "Z[" not in call
 
 
 def check_int8_gemm_instructions(job, src: str) -> None:

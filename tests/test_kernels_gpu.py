@@ -13,7 +13,7 @@ from mixkern import quantize_activation, quantize_weight, tolerance
 from mixkern.reference import float64_gemm_quantized, reference_gemm_quantized
 from mixkern.schedules import GemvSchedule, Schedule, pick
 from kernel_jobs import STRUCTURAL, heuristic_schedules
-from strategies import gpu_case, within
+from strategies import compile_ahead, gpu_case, within
 
 pytestmark = pytest.mark.gpu
 KS = (128, 512, 4096)  # K is compiled in; M, N and the 4-/8-bit split are dynamic
@@ -38,7 +38,7 @@ def _any_shape_case(m, n, k):
 def compiled_kernels():
     """Every kernel this module runs, compiled first on all cores."""
     from mixkern.kernels.launch import arch_of, kernel_jobs, kernel_jobs_any_split, sm_count
-    from mixkern.warmup import compile_jobs, kernel_jobs as op_jobs
+    from mixkern.warmup import kernel_jobs as op_jobs
     device = torch.device("cuda")
     arch, sms = arch_of(device), sm_count(device)
     dtypes = ("float16", "bfloat16")
@@ -53,7 +53,7 @@ def compiled_kernels():
         jobs += [j for n8 in n8s.values() for j in kernel_jobs(arch, k, 128, pick(arch, m, n, k, 128, n8, sms),
                                                                str(dtype).split(".")[1], n8 < n, n8 > 0)]
     jobs += [j for k in ACT_KS for d in dtypes for j in [("act", arch, k, d)]]
-    compile_jobs(list(dict.fromkeys(jobs)))
+    compile_ahead(dict.fromkeys(jobs))
 
 
 def _fits(schedule, k):
@@ -111,14 +111,15 @@ def test_every_heuristic_schedule(schedule, k, group_size, m):
 
 
 MID_SHAPES = [(64, 14336, 4096), (77, 14000, 4096), (100, 28672, 8192), (128, 14336, 4096), (129, 18944, 3584),
-              (191, 11008, 4096)]  # (M, N, K) that the overlapped decode serves on an H100
+              (191, 11008, 4096), (20, 14336, 4096), (33, 4096, 14336), (128, 4096, 4096), (150, 3584, 18944),
+              (40, 2000, 8192)]  # (M, N, K) that the overlapped decode serves on an H100; the last four split K
 
 
 @pytest.mark.parametrize("m, n, k", MID_SHAPES, ids=lambda v: str(v))
 @pytest.mark.parametrize("fraction", [0.0, 0.1, 1.0])
 def test_mid_prompts_run_the_overlapped_decode_exactly(m, n, k, fraction):
-    """64..191 tokens on wide layers: the op picks the overlapped decode (Hopper) and it is
-    bit-equal to the reference for either precision alone and mixed, N off the tile grid."""
+    """17..191 tokens: the op picks the overlapped decode (Hopper), split over K where N is short,
+    and it is bit-equal to the reference for either precision alone and mixed, N off the tile grid."""
     from mixkern.kernels.launch import arch_of, sm_count
     device = torch.device("cuda")
     dtype = (torch.float16, torch.bfloat16)[m % 2]

@@ -14,7 +14,7 @@ import mixkern
 from mixkern import quantize_activation, tolerance
 from mixkern.reference import float64_gemm_quantized, quantize_for, reference_gemm_quantized, token_slices
 from kernel_jobs import STRUCTURAL
-from strategies import gpu_case, within
+from strategies import compile_ahead, gpu_case, within
 
 pytestmark = pytest.mark.gpu
 SEED = int(os.environ.get("MIXKERN_SEED", random.randrange(2**31)))  # fresh shapes every run; set it to replay
@@ -37,7 +37,6 @@ def compiled_kernels():
     """Every kernel this module runs, compiled first on all cores."""
     from mixkern.kernels.launch import arch_of, kernel_jobs, kernel_jobs_any_split, sm_count
     from mixkern.schedules import fit, pick
-    from mixkern.warmup import compile_jobs
     device = torch.device("cuda")
     arch, sms = arch_of(device), sm_count(device)
     jobs = [j for s in STRUCTURAL for g in GROUPS for d in ("float16", "bfloat16")
@@ -48,7 +47,7 @@ def compiled_kernels():
     jobs += [j for n, k in _model_layers() for m in MODEL_MS
              for j in kernel_jobs(arch, k, 128, pick(arch, m, n, k, 128, n // 10, sms), "float16", fmt="mixllm")]
     jobs += [("act_group", arch, k, g, d) for k in ACT_KS for g in (64, 128) for d in ("float16", "bfloat16")]
-    compile_jobs(list(dict.fromkeys(jobs)))
+    compile_ahead(dict.fromkeys(jobs))
 
 
 def _k_for(group_size):

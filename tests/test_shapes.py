@@ -99,25 +99,30 @@ def test_tensor_core_tiles_only_beyond_decode_or_for_wide_layers():
     assert choose("sm_90a", 4096, 8193, 8192).block_m == 256  # N % 8: the in-loop kernel
 
 
-@given(m=st.integers(17, 400), n=st.integers(1, 1 << 16), fraction=st.floats(0, 1),
+@given(m=st.integers(1, 400), n=st.integers(1, 1 << 16), k_tiles=st.integers(1, 160), fraction=st.floats(0, 1),
        sms=st.sampled_from([None, 16, 108, 132]))
-def test_mid_prompts_overlap_the_decode_where_its_grid_fills_the_gpu(m, n, fraction, sms):
-    """64..191 tokens on sm_90a: the overlapped-decode tile (64 rows up to 64 tokens, else 128
-    rows, else 64) when its grid of 4-bit and 8-bit tiles fills 0.8 of a wave, never split over
-    K; elsewhere, and on sm_80, never; the tables never override it."""
-    n8 = round(fraction * n)
-    s = choose("sm_90a", m, n, 4096, 128, n8, sms)
+def test_mid_prompts_overlap_the_decode_where_its_grid_fills_the_gpu(m, n, k_tiles, fraction, sms):
+    """17..191 tokens on sm_90a: the overlapped-decode tile (64 rows up to 64 tokens, else 128
+    rows, else 64) whose grid of 4-bit and 8-bit tiles, split over K by the least power of two
+    (<= 8, >= 1024 a slice) that reaches it, fills 0.7 of a wave; elsewhere, and on sm_80,
+    never; the tables never override it."""
+    k, n8 = 128 * k_tiles, round(fraction * n)
+    s = choose("sm_90a", m, n, k, 128, n8, sms)
     waves = sms or 132
 
-    def fills(bm):
-        return -(-m // bm) * (-(-(n - n8) // 128) + -(-n8 // 128)) >= 0.8 * waves
-    want = 64 <= m < 192 and (fills(64) if m <= 64 else fills(128) or fills(64))
-    assert isinstance(s, Schedule) and s.overlap == want
-    if want:
-        assert s.split_k == 1 and s.block_n == 128 and fills(s.block_m)
-        assert s.block_m == (64 if m <= 64 or not fills(128) else 128)
-        assert s == pick("sm_90a", m, n, 4096, 128, n8, sms)
-    assert not getattr(choose("sm_80", m, n, 4096, 128, n8, sms), "overlap", False)
+    def blocks(bm):
+        return -(-m // bm) * (-(-(n - n8) // 128) + -(-n8 // 128))
+
+    def least_split(bm):
+        splits = [sp for sp in (1, 2, 4, 8) if k % (128 * sp) == 0 and (sp == 1 or k // sp >= 1024)]
+        return next((sp for sp in splits if blocks(bm) * sp >= 0.7 * waves), None)
+    mid = 17 <= m < 192
+    want_bm = next((bm for bm in ((64,) if m <= 64 else (128, 64)) if least_split(bm)), None) if mid else None
+    assert getattr(s, "overlap", False) == (want_bm is not None)
+    if want_bm is not None:
+        assert (s.block_m, s.block_n, s.split_k) == (want_bm, 128, least_split(want_bm))
+        assert s == pick("sm_90a", m, n, k, 128, n8, sms)
+    assert not getattr(choose("sm_80", m, n, k, 128, n8, sms), "overlap", False)
 
 
 @given(m=st.integers(1, 1 << 15), n=st.integers(1, 1 << 16), sms=st.sampled_from([None, 16, 108, 132]))

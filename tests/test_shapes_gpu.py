@@ -15,6 +15,7 @@ import torch
 from mixkern import quantize_activation, quantize_weight
 from mixkern.reference import reference_gemm_quantized
 from mixkern.shapes import shardings
+from strategies import compile_ahead
 
 pytestmark = pytest.mark.gpu
 MS = (1, 16, 200)
@@ -33,7 +34,6 @@ def _cases(sharding):
 def compiled_kernels():
     from mixkern.kernels.launch import arch_of, kernel_jobs, sm_count
     from mixkern.schedules import pick
-    from mixkern.warmup import compile_jobs
     device = torch.device("cuda")
     arch, sms = arch_of(device), sm_count(device)
     jobs = {}
@@ -43,7 +43,7 @@ def compiled_kernels():
             schedule = pick(arch, m, n, k, s.group_size, n8, sms)
             jobs.update(dict.fromkeys(kernel_jobs(arch, k, s.group_size, schedule, str(dtype).split(".")[1],
                                                   n8 < n, n8 > 0)))
-    compile_jobs(sorted(jobs, key=str))
+    compile_ahead(sorted(jobs, key=str))
 
 
 @pytest.mark.parametrize("sharding", SHARDINGS, ids=lambda s: f"{s.model}-tp{s.tp}")

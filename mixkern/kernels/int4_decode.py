@@ -43,11 +43,20 @@ __device__ __forceinline__ void mixkern_fence_decoded() {
 """
 
 
-def int4_decode_tile(bk: int, group_size: int, group_threads: int, group_rows: int, unit_scale: bool = False):
+def tile_groups(bk: int, group_size: int) -> int:
+    """Weight groups one K tile spans (1 when a group is at least a tile long)."""
+    return max(1, bk // group_size)
+
+
+def int4_decode_tile(bk: int, group_size: int, group_threads: int, group_rows: int, unit_scale: bool = False,
+                     staged_scales: bool = False):
     """A macro decoding one (rows, bk) tile of packed codes P_s into int8 W_s, for the
     ``group_rows`` rows of consumer group ``group`` (``group_threads`` threads, 32 codes each
     per pass).  ``unit_scale``: weights are ``q - z`` (mixllm; S2 is not read).  P_s and W_s
-    may be rings of tiles, (slots, rows, ...): then ``slots`` = (slot of P_s, slot of W_s)."""
+    may be rings of tiles, (slots, rows, ...): then ``slots`` = (slot of P_s, slot of W_s).
+    ``staged_scales``: S2 and Z are the tile's scales already in shared memory, (P_s's slots,
+    :func:`tile_groups`, tile rows) -- no global load waits inside the decode; else they are
+    the layer's (n4, K / group) arrays in global memory."""
     chunks = group_rows * bk // CODES_PER_THREAD
 
     @T.macro
@@ -60,11 +69,12 @@ def int4_decode_tile(bk: int, group_size: int, group_threads: int, group_rows: i
             j = (c % (bk // CODES_PER_THREAD)) * CODES_PER_THREAD
             n = T.min(n_base + i, n4 - 1)
             grp = (k0 + j) // group_size
-            s2 = T.int32(1) if unit_scale else T.Cast("int32", S2[n, grp])
+            at = (*ring_p, j // group_size, i) if staged_scales else (n, grp)  # this chunk's group scale and zero
+            s2 = T.int32(1) if unit_scale else T.Cast("int32", S2[at])
             if c < chunks:
                 for h in T.unroll(2):  # two 16-byte chunks: each stays contiguous under any swizzle
                     T.call_extern("handle", "mixkern_decode16", T.address_of(P_s[(*ring_p, i, j // 2 + h * 8)]),
-                                  T.address_of(W_s[(*ring_w, i, j + h * 16)]), s2, T.Cast("int32", Z[n, grp]))
+                                  T.address_of(W_s[(*ring_w, i, j + h * 16)]), s2, T.Cast("int32", Z[at]))
 
     return decode_tile
 
@@ -76,3 +86,21 @@ def consumer_groups(threads: int, bn: int, wgmma: bool) -> tuple[int, int, int]:
     overlaps another's MMA.  Otherwise all threads decode all rows."""
     groups = threads // 128 if wgmma and bn % (64 * (threads // 128)) == 0 else 1
     return groups, threads // groups, bn // groups
+
+
+def stage_scales(bn: int, bk: int, group_size: int, unit_scale: bool = False):
+    """A macro for a producer warpgroup: the group scales (unless ``unit_scale``) and zero points of
+    tile rows row0.. at K offset k0 into slot ``slot`` of S2_s / Z_s (slots, :func:`tile_groups`,
+    bn), plain loads (the rows are strided in memory); the producer's arrive on the slot's
+    barrier then publishes them to the consumers that wait on it."""
+
+    @T.macro
+    def stage(S2, Z, S2_s, Z_s, slot, row0, k0, n4):
+        for t in T.serial(tile_groups(bk, group_size)):
+            for c in T.Parallel(bn):
+                n = T.min(row0 + c, n4 - 1)
+                if not unit_scale:
+                    S2_s[slot, t, c] = S2[n, k0 // group_size + t]
+                Z_s[slot, t, c] = Z[n, k0 // group_size + t]
+
+    return stage

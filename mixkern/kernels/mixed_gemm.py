@@ -63,8 +63,6 @@ def mixed_gemm(k: int, group_size: int, schedule: Schedule, out_dtype: str = "fl
     s = schedule
     bm, bn, bk = s.block_m, s.block_n, s.block_k
     m, n4, n8, n_total = T.dynamic("m"), T.dynamic("n4"), T.dynamic("n8"), T.dynamic("n_total")
-    n_acc = T.dynamic("n_acc")  # split-K workspace columns: the real 4-bit rows, then the 8-bit rows
-    g = k // group_size
     k_split = k // s.split_k
     split = s.split_k > 1
     out = DTYPES[out_dtype]
@@ -112,6 +110,16 @@ def mixed_gemm(k: int, group_size: int, schedule: Schedule, out_dtype: str = "fl
                     T.gemm(X_s, W_s, acc, transpose_B=True, policy=policy)
                 store(acc, A, S8, I8, Y, Acc, n8, (bx - blocks4) * bn, n4 if has4 else 0, by)
 
+    return launch_entry(body, k, group_size, out_dtype, split, (m, n4, n8, n_total))
+
+
+def launch_entry(body, k: int, group_size: int, out_dtype: str, split: bool, dims: tuple):
+    """The prim_func of a progressive in-loop kernel: its launch arguments (see
+    :func:`mixed_gemm`) around ``body``, a macro taking them with Y or, split over K, the int32
+    workspace Acc (the other one None).  ``dims``: the body's dynamic (m, n4, n8, n_total)."""
+    m, n4, n8, n_total = dims
+    n_acc = T.dynamic("n_acc")  # split-K workspace columns: the real 4-bit rows, then the 8-bit rows
+    g, out = k // group_size, DTYPES[out_dtype]
     if split:
         @T.prim_func
         def main(X: T.Tensor((m, k), "int8"), A: T.Tensor((m,), "float32"),
@@ -131,10 +139,12 @@ def mixed_gemm(k: int, group_size: int, schedule: Schedule, out_dtype: str = "fl
     return main
 
 
-def epilogue(out_dtype: str = "float16", has4: bool = True, block_m: int = 16, block_n: int = 128):
+def epilogue(out_dtype: str = "float16", has4: bool = True, block_n: int = 256):
     """Y from a split-K int32 workspace Acc (M, 4-bit rows + 8-bit rows), 4-bit columns first:
     y[m, idx[n]] = out((fp32(acc[m, n]) * a[m]) * s[n]).  An absent precision's S/I are
-    one-row placeholders, hence the real 4-bit column count ``n4_real``."""
+    one-row placeholders, hence the real 4-bit column count ``n4_real``.  One token row and
+    two columns a thread: each thread's loads are independent, so their latencies overlap
+    (16 rows a thread, one after another, took 18.6 us at 64 x 4096 on the H100; ncu)."""
     m, n4, n8, n_total = T.dynamic("m"), T.dynamic("n4"), T.dynamic("n8"), T.dynamic("n_total")
     cols = T.dynamic("n_acc")
     out = DTYPES[out_dtype]
@@ -144,14 +154,12 @@ def epilogue(out_dtype: str = "float16", has4: bool = True, block_m: int = 16, b
     def main(Acc: T.Tensor((m, cols), "int32"), A: T.Tensor((m,), "float32"),
              S4: T.Tensor((n4,), "float32"), I4: T.Tensor((n4,), "int32"),
              S8: T.Tensor((n8,), "float32"), I8: T.Tensor((n8,), "int32"), Y: T.Tensor((m, n_total), out)):
-        with T.Kernel(T.ceildiv(cols, block_n), T.ceildiv(m, block_m), threads=128) as (bx, by):
-            for i, j in T.Parallel(block_m, block_n):
-                row = by * block_m + i
+        with T.Kernel(m, T.ceildiv(cols, block_n), threads=128) as (row, bx):  # M on x: no 65,535 limit
+            for j in T.Parallel(block_n):
                 col = bx * block_n + j
-                if row < m:
-                    if col < n4_real:
-                        Y[row, I4[col]] = _scaled(Acc[row, col], A[row], S4[col], out)
-                    elif col < cols:
-                        Y[row, I8[col - n4_real]] = _scaled(Acc[row, col], A[row], S8[col - n4_real], out)
+                if col < n4_real:
+                    Y[row, I4[col]] = _scaled(Acc[row, col], A[row], S4[col], out)
+                elif col < cols:
+                    Y[row, I8[col - n4_real]] = _scaled(Acc[row, col], A[row], S8[col - n4_real], out)
 
     return main

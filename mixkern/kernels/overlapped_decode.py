@@ -9,60 +9,75 @@ TileLang's warp specialization.  Here the pipeline is written out by hand, as in
 
 * a producer warpgroup issues TMA loads of the X tile and the packed-code (or int8) weight
   tile into a ``stages``-slot ring (``full`` barriers, transaction-counted), for either
-  precision -- the two branches are two loops over the same kind of ring;
+  precision -- the two branches are two loops over the same kind of ring -- and stages the
+  4-bit tile's group scales and zero points beside it (plain loads: a decode that read them
+  from global memory stalled on each tile, ncu);
 * each consumer warpgroup decodes its own ``block_n / warpgroups`` rows (FullCol) into one of
   two decoded buffers, issues the wgmma asynchronously, then waits only for the previous
   one (``wait_wgmma(1)``) and frees that one's ring slot (``empty``).  The accumulator is
   never read inside the loop, so ptxas keeps the wgmma asynchronous.
 
-The int32 result and the epilogue are :mod:`.mixed_gemm`'s (bit-equal to the reference).
+The int32 result and the epilogue are :mod:`.mixed_gemm`'s (bit-equal to the reference),
+split-K included: with ``split_k > 1`` grid z walks K slices and each adds its int32 partial
+into the workspace (exact atomics), so a layer with few weight tiles (N = 4096) still fills
+the GPU.  The 4-bit and 8-bit branches' buffers overlap in shared memory (a block runs one
+branch; ``launch._pass_configs``), so a 64 x 128 block takes 97 KB and two fit on an SM.
 """
 
 import tilelang.language as T
 
 from ..schedules import Schedule
-from .int4_decode import DECODE_BARRIER, DECODE_SOURCE, int4_decode_tile
-from .mixed_gemm import DTYPES, scaled_store
+from .int4_decode import DECODE_BARRIER, DECODE_SOURCE, int4_decode_tile, stage_scales, tile_groups
+from .mixed_gemm import DTYPES, launch_entry, scaled_store
 
 PRODUCER_THREADS = 128
 
 
 def overlapped_decode_gemm(k: int, group_size: int, schedule: Schedule, out_dtype: str = "float16",
                            has4: bool = True, has8: bool = True):
-    """TileLang prim_func with :func:`.mixed_gemm.mixed_gemm`'s launch arguments (no split-K)."""
+    """TileLang prim_func with :func:`.mixed_gemm.mixed_gemm`'s launch arguments (split-K: the
+    int32 workspace in place of Y)."""
     s = schedule
     bm, bn, bk, stages = s.block_m, s.block_n, s.block_k, s.stages
-    if s.split_k != 1 or s.threads % 128 or bn % (64 * (s.threads // 128)) or bm % 64:
-        raise ValueError(f"{s}: the overlapped decode needs split_k 1, 64-row token tiles and 64 weight rows a warpgroup")
+    if s.threads % 128 or bn % (64 * (s.threads // 128)) or bm % 64 or k % (bk * s.split_k):
+        raise ValueError(f"{s}: the overlapped decode needs 64-row token tiles, 64 weight rows a warpgroup "
+                         f"and K = {k} a multiple of block_k * split_k")
     consumers = s.threads
     rows = bn // (consumers // 128)  # weight rows each consumer warpgroup decodes and multiplies
-    m, n4, n8, n_total = T.dynamic("m"), T.dynamic("n4"), T.dynamic("n8"), T.dynamic("n_total")
-    g, nk, out = k // group_size, k // bk, DTYPES[out_dtype]
+    dims = m, n4, n8, _ = T.dynamic("m"), T.dynamic("n4"), T.dynamic("n8"), T.dynamic("n_total")
+    nk, k_split, out = k // (bk * s.split_k), k // s.split_k, DTYPES[out_dtype]
     blocks4 = T.ceildiv(n4, bn) if has4 else 0
     blocks8 = T.ceildiv(n8, bn) if has8 else 0
-    decode_tile = int4_decode_tile(bk, group_size, 128, rows)
+    decode_tile = int4_decode_tile(bk, group_size, 128, rows, staged_scales=True)
+    stage = stage_scales(bn, bk, group_size)
     policy = T.GemmWarpPolicy.FullCol
 
-    store = scaled_store(bm, bn, m, out)
+    store = scaled_store(bm, bn, m, out, s.split_k > 1)
 
     @T.macro
-    def produce(X, Wt, X_s, W_s, full, empty, row0, by, packed):
+    def produce(X, Wt, S2, Z, X_s, W_s, S2_s, Z_s, full, empty, row0, by, bz, packed):
+        """Slot j % stages: the X tile and the weight tile by TMA; for packed codes also their
+        group scales and zero points (staged: the decode then reads only shared memory)."""
         for j in T.serial(nk):
+            k0 = bz * k_split + j * bk
             T.mbarrier_wait_parity(empty[j % stages], (j // stages) % 2 ^ 1)
-            T.tma_copy(X[by * bm:(by + 1) * bm, j * bk:(j + 1) * bk], X_s[j % stages, :, :], barrier=full[j % stages])
+            T.tma_copy(X[by * bm:(by + 1) * bm, k0:k0 + bk], X_s[j % stages, :, :], barrier=full[j % stages])
             kw = bk // 2 if packed else bk
-            T.tma_copy(Wt[row0:row0 + bn, j * kw:(j + 1) * kw], W_s[j % stages, :, :], barrier=full[j % stages])
-            T.barrier_arrive(full[j % stages])
+            w0 = k0 // 2 if packed else k0
+            T.tma_copy(Wt[row0:row0 + bn, w0:w0 + kw], W_s[j % stages, :, :], barrier=full[j % stages])
+            if packed:
+                stage(S2, Z, S2_s, Z_s, j % stages, row0, k0, n4)
+            T.barrier_arrive(full[j % stages])  # release: the scale stores above are seen by the waiters
 
     @T.macro
-    def consume(X_s, W_s, D_s, S2, Z, acc, full, empty, row0, packed):
+    def consume(X_s, W_s, D_s, S2_s, Z_s, acc, full, empty, bz, packed):
         """packed: decode tile j into D_s[j % 2] (last read by MMA j - 2, complete since iteration
         j - 1's wait) and multiply that; else multiply the int8 tile as it arrived."""
         group = T.get_thread_binding() // 128
         for j in T.serial(nk):
             T.mbarrier_wait_parity(full[j % stages], (j // stages) % 2)
             if packed:
-                decode_tile(W_s, D_s, S2, Z, row0, j * bk, group, n4, (j % stages, j % 2))
+                decode_tile(W_s, D_s, S2_s, Z_s, 0, bz * k_split + j * bk, group, n4, (j % stages, j % 2))
                 T.call_extern("handle", "mixkern_fence_decoded")
                 T.sync_threads(DECODE_BARRIER + group, 128)
                 T.wgmma_gemm(X_s[j % stages, :, :], D_s[j % 2, :, :], acc, transpose_B=True, policy=policy)
@@ -73,13 +88,10 @@ def overlapped_decode_gemm(k: int, group_size: int, schedule: Schedule, out_dtyp
                 T.barrier_arrive(empty[(j - 1) % stages])
         T.wait_wgmma(0)
 
-    @T.prim_func
-    def main(X: T.Tensor((m, k), "int8"), A: T.Tensor((m,), "float32"),
-             W4: T.Tensor((n4, k // 2), "uint8"), S2: T.Tensor((n4, g), "uint8"), Z: T.Tensor((n4, g), "uint8"),
-             S4: T.Tensor((n4,), "float32"), I4: T.Tensor((n4,), "int32"),
-             W8: T.Tensor((n8, k), "int8"), S8: T.Tensor((n8,), "float32"), I8: T.Tensor((n8,), "int32"),
-             Y: T.Tensor((m, n_total), out)):
-        with T.Kernel(blocks4 + blocks8, T.ceildiv(m, bm), threads=consumers + PRODUCER_THREADS) as (bx, by):
+    @T.macro
+    def body(X, A, W4, S2, Z, S4, I4, W8, S8, I8, Y, Acc):
+        with T.Kernel(blocks4 + blocks8, T.ceildiv(m, bm), s.split_k,
+                      threads=consumers + PRODUCER_THREADS) as (bx, by, bz):
             T.import_source(DECODE_SOURCE)
             X_s = T.alloc_shared((stages, bm, bk), "int8")
             acc = T.alloc_fragment((bm, bn), "int32")
@@ -89,19 +101,21 @@ def overlapped_decode_gemm(k: int, group_size: int, schedule: Schedule, out_dtyp
             if has4 and (not has8 or bx < blocks4):
                 P_s = T.alloc_shared((stages, bn, bk // 2), "uint8")
                 D_s = T.alloc_shared((2, bn, bk), "int8")
+                S2_s = T.alloc_shared((stages, tile_groups(bk, group_size), bn), "uint8")
+                Z_s = T.alloc_shared((stages, tile_groups(bk, group_size), bn), "uint8")
                 if tx >= consumers:
-                    produce(X, W4, X_s, P_s, full, empty, bx * bn, by, True)
+                    produce(X, W4, S2, Z, X_s, P_s, S2_s, Z_s, full, empty, bx * bn, by, bz, True)
                 else:
                     T.clear(acc)
-                    consume(X_s, P_s, D_s, S2, Z, acc, full, empty, bx * bn, True)
-                    store(acc, A, S4, I4, Y, None, n4, bx * bn, 0, by)
+                    consume(X_s, P_s, D_s, S2_s, Z_s, acc, full, empty, bz, True)
+                    store(acc, A, S4, I4, Y, Acc, n4, bx * bn, 0, by)
             else:
                 W_s = T.alloc_shared((stages, bn, bk), "int8")
                 if tx >= consumers:
-                    produce(X, W8, X_s, W_s, full, empty, (bx - blocks4) * bn, by, False)
+                    produce(X, W8, None, None, X_s, W_s, None, None, full, empty, (bx - blocks4) * bn, by, bz, False)
                 else:
                     T.clear(acc)
-                    consume(X_s, W_s, None, None, None, acc, full, empty, 0, False)
-                    store(acc, A, S8, I8, Y, None, n8, (bx - blocks4) * bn, 0, by)
+                    consume(X_s, W_s, None, None, None, acc, full, empty, bz, False)
+                    store(acc, A, S8, I8, Y, Acc, n8, (bx - blocks4) * bn, n4 if has4 and s.split_k > 1 else 0, by)
 
-    return main
+    return launch_entry(body, k, group_size, out_dtype, s.split_k > 1, dims)

@@ -5,7 +5,8 @@ group j + 1.
 :mod:`.mixllm_gemm` runs decode -> barrier -> MMA -> wait -> promote, one after another, per
 group.  Here, as in :mod:`.overlapped_decode` and :mod:`.overlapped_promotion`, a producer
 warpgroup fills a ``stages``-slot ring by TMA (X tile, packed-code or int8 weight tile) and
-with plain loads (the group's activation and weight scales, which are strided in memory),
+with plain loads (the group's activation and weight scales and the 4-bit rows' zero points,
+which are strided in memory, so the decode reads only shared memory),
 then arrives on the slot's ``full`` barrier; each of two consumer warpgroups owns 64 weight
 rows (FullCol) and per group:
 
@@ -20,7 +21,7 @@ import tilelang.language as T
 
 from ..format import WeightFormat
 from ..schedules import Schedule
-from .int4_decode import DECODE_BARRIER, DECODE_SOURCE, int4_decode_tile
+from .int4_decode import DECODE_BARRIER, DECODE_SOURCE, int4_decode_tile, stage_scales, tile_groups
 from .mixed_gemm import DTYPES
 from .mixllm_gemm import column_store
 from .promote import promote
@@ -41,11 +42,12 @@ def overlapped_mixllm_gemm(k: int, group_size: int, schedule: Schedule, out_dtyp
     g, groups, out = k // group_size, k // span, DTYPES[out_dtype]
     blocks4 = T.ceildiv(n4, bn) if has4 else 0
     blocks8 = T.ceildiv(n8, bn) if has8 else 0
-    decode_tile = int4_decode_tile(bk, group_size, 128, bn // 2, unit_scale=True)
+    decode_tile = int4_decode_tile(bk, group_size, 128, bn // 2, unit_scale=True, staged_scales=True)
+    stage_zeros = stage_scales(bn, bk, group_size, unit_scale=True)
     policy = T.GemmWarpPolicy.FullCol
 
     @T.macro
-    def produce(X, Wt, A, S, X_s, W_s, a_s, s_s, full, empty, row0, rows, by, packed):
+    def produce(X, Wt, A, S, Z, X_s, W_s, a_s, s_s, z_s, full, empty, row0, rows, by, packed):
         for j in T.serial(groups):
             T.mbarrier_wait_parity(empty[j % stages], (j // stages) % 2 ^ 1)
             kw = bk // 2 if packed else bk
@@ -55,13 +57,15 @@ def overlapped_mixllm_gemm(k: int, group_size: int, schedule: Schedule, out_dtyp
                 a_s[j % stages, i] = A[T.min(by * bm + i, m - 1), j]
             for c in T.Parallel(bn):
                 s_s[j % stages, c] = T.Cast("float32", S[T.min(row0 + c, rows - 1), j * span // group_size])
+            if packed:
+                stage_zeros(None, Z, None, z_s, j % stages, row0, j * bk, rows)
             T.barrier_arrive(full[j % stages])  # release: the scale stores above are seen by the waiters
 
     @T.macro
-    def decode(j, P_s, D_s, Z, full, row0):
+    def decode(j, P_s, D_s, z_s, full):
         T.mbarrier_wait_parity(full[j % stages], (j // stages) % 2)
         group = T.get_thread_binding() // 128
-        decode_tile(P_s, D_s, None, Z, row0, j * bk, group, n4, (j % stages, j % 2))
+        decode_tile(P_s, D_s, None, z_s, 0, j * bk, group, n4, (j % stages, j % 2))
         T.call_extern("handle", "mixkern_fence_decoded")
         T.sync_threads(DECODE_BARRIER + group, 128)
 
@@ -82,26 +86,26 @@ def overlapped_mixllm_gemm(k: int, group_size: int, schedule: Schedule, out_dtyp
         T.barrier_arrive(empty[j % stages])
 
     @T.macro
-    def step(j, acc_new, acc_old, X_s, B_s, P_s, Z, acc_f, a_s, s_s, full, empty, row0, packed):
+    def step(j, acc_new, acc_old, X_s, B_s, P_s, z_s, acc_f, a_s, s_s, full, empty, packed):
         issue(j, acc_new, X_s, B_s, full, packed)
         retire(j - 1, acc_old, acc_f, a_s, s_s, empty)
         if packed:
             if j + 1 < groups:
-                decode(j + 1, P_s, B_s, Z, full, row0)
+                decode(j + 1, P_s, B_s, z_s, full)
         T.wait_wgmma(0)
 
     @T.macro
-    def consume(X_s, B_s, P_s, Z, acc0, acc1, acc_f, a_s, s_s, full, empty, row0, packed):
+    def consume(X_s, B_s, P_s, z_s, acc0, acc1, acc_f, a_s, s_s, full, empty, packed):
         """issue(j) -> retire(j - 1) -> decode(j + 1) -> wait, fragments alternating."""
         if packed:
-            decode(0, P_s, B_s, Z, full, row0)
+            decode(0, P_s, B_s, z_s, full)
         issue(0, acc0, X_s, B_s, full, packed)
         if packed and groups > 1:
-            decode(1, P_s, B_s, Z, full, row0)
+            decode(1, P_s, B_s, z_s, full)
         T.wait_wgmma(0)
         for h in T.serial((groups - 1) // 2):
-            step(2 * h + 1, acc1, acc0, X_s, B_s, P_s, Z, acc_f, a_s, s_s, full, empty, row0, packed)
-            step(2 * h + 2, acc0, acc1, X_s, B_s, P_s, Z, acc_f, a_s, s_s, full, empty, row0, packed)
+            step(2 * h + 1, acc1, acc0, X_s, B_s, P_s, z_s, acc_f, a_s, s_s, full, empty, packed)
+            step(2 * h + 2, acc0, acc1, X_s, B_s, P_s, z_s, acc_f, a_s, s_s, full, empty, packed)
         if groups % 2 == 0:
             issue(groups - 1, acc1, X_s, B_s, full, packed)
             retire(groups - 2, acc0, acc_f, a_s, s_s, empty)
@@ -131,23 +135,24 @@ def overlapped_mixllm_gemm(k: int, group_size: int, schedule: Schedule, out_dtyp
             if has4 and (not has8 or bx < blocks4):
                 P_s = T.alloc_shared((stages, bn, bk // 2), "uint8")
                 D_s = T.alloc_shared((2, bn, bk), "int8")
+                z_s = T.alloc_shared((stages, tile_groups(bk, group_size), bn), "uint8")
                 if tx >= 256:
                     T.set_max_nreg(PRODUCER_REGS, 0)
-                    produce(X, W4, A, S4, X_s, P_s, a_s, s_s, full, empty, bx * bn, n4, by, True)
+                    produce(X, W4, A, S4, Z, X_s, P_s, a_s, s_s, z_s, full, empty, bx * bn, n4, by, True)
                 else:
                     T.set_max_nreg(CONSUMER_REGS, 1)
                     T.clear(acc_f)
-                    consume(X_s, D_s, P_s, Z, acc0, acc1, acc_f, a_s, s_s, full, empty, bx * bn, True)
+                    consume(X_s, D_s, P_s, z_s, acc0, acc1, acc_f, a_s, s_s, full, empty, True)
                     store(acc_f, I4, Y, n4, bx * bn, by)
             else:
                 W_s = T.alloc_shared((stages, bn, bk), "int8")
                 if tx >= 256:
                     T.set_max_nreg(PRODUCER_REGS, 0)
-                    produce(X, W8, A, S8, X_s, W_s, a_s, s_s, full, empty, (bx - blocks4) * bn, n8, by, False)
+                    produce(X, W8, A, S8, None, X_s, W_s, a_s, s_s, None, full, empty, (bx - blocks4) * bn, n8, by, False)
                 else:
                     T.set_max_nreg(CONSUMER_REGS, 1)
                     T.clear(acc_f)
-                    consume(X_s, W_s, None, None, acc0, acc1, acc_f, a_s, s_s, full, empty, 0, False)
+                    consume(X_s, W_s, None, None, acc0, acc1, acc_f, a_s, s_s, full, empty, False)
                     store(acc_f, I8, Y, n8, (bx - blocks4) * bn, by)
 
     return main

@@ -50,9 +50,8 @@ class Schedule:
             raise ValueError(f"{self}: block_n % 64, block_m % 16 and threads % 128 must all be 0")
         if self.predecode and (self.split_k != 1 or self.block_m < 64 * (self.threads // 128)):
             raise ValueError(f"{self}: a predecoded GEMM runs without split-K, each warpgroup on >= 64 whole rows")
-        if self.overlap and (self.predecode or self.split_k != 1 or self.block_m % 64 or
-                             self.block_n % (64 * (self.threads // 128))):
-            raise ValueError(f"{self}: the overlapped decode runs in-loop without split-K, on 64-row token tiles "
+        if self.overlap and (self.predecode or self.block_m % 64 or self.block_n % (64 * (self.threads // 128))):
+            raise ValueError(f"{self}: the overlapped decode runs in-loop, on 64-row token tiles "
                              "and 64 weight rows a warpgroup")
 
     def stores_rows(self, n: int) -> bool:
@@ -73,9 +72,10 @@ class Schedule:
         if self.predecode:
             return self.stages * (self.block_m + self.block_n) * self.block_k + self.block_m * self.block_n * 2
         x = self.stages * self.block_m * self.block_k
-        if self.overlap:  # one X ring for both precisions; 4-bit rows decode into two tiles
-            return (x + has4 * (self.stages * self.block_n * self.block_k // 2 + 2 * self.block_n * self.block_k)
-                    + has8 * self.stages * self.block_n * self.block_k)
+        if self.overlap:  # one X ring; 4-bit rows decode into two tiles, their scales staged
+            staged = 2 * self.stages * self.block_n * max(1, self.block_k // 64)  # s2 and z bytes, groups >= 64
+            return x + max(has4 * (self.stages * self.block_n * self.block_k // 2 + 2 * self.block_n * self.block_k + staged),
+                           has8 * self.stages * self.block_n * self.block_k)  # the two branches share memory
         four = x + self.stages * self.block_n * self.block_k // 2 + self.block_n * self.block_k
         eight = x + self.stages * self.block_n * self.block_k
         return four * has4 + eight * has8
@@ -184,7 +184,7 @@ def pick(arch: str, m: int, n: int, k: int, group_size: int = 128, n8: int = 0, 
     tuned = load_table(arch, timed_only=True).get(table_key(m, n, k))
     if tuned is not None and predecoded(arch, m, n, sm_count(arch, sms)) and not getattr(tuned, "predecode", False):
         tuned = None  # in-loop-decode entries lost to the predecoded GEMM wherever it applies (H100)
-    if tuned is not None and overlapped(arch, m, n, n8, sm_count(arch, sms)) is not None:
+    if tuned is not None and overlapped(arch, m, n, k, n8, sm_count(arch, sms)) is not None:
         tuned = None  # the tables predate the overlapped decode, which beat their entries where it applies (H100)
     return fit(tuned or choose(arch, m, n, k, group_size, n8, sms), k, group_size)
 
@@ -213,8 +213,8 @@ def for_mixllm(schedule: AnySchedule, k: int, group_size: int, arch: str,
     schedules carry over.  A tensor-core schedule takes one activation group per K tile
     (block_k = A) and no split-K (it would reorder the format's fp32 chain); a predecoded one
     takes the overlapped-promotion kernel's 128 x 128 tile on Hopper where the progressive pick
-    had 128-row tiles (its grid fills the GPU), else 64 x 128; an overlapped-decode one (Hopper)
-    takes the overlapped mixllm kernel's 64 x 128 tile; any other in-loop one halves block_m
+    had 128-row tiles (its grid fills the GPU), else 64 x 128; an overlapped-decode one (Hopper,
+    split over K or not) takes the overlapped mixllm kernel's 64 x 128 tile; any other in-loop one halves block_m
     while the two accumulators (int32 partial + fp32) would pass
     :data:`MIXLLM_MAX_ACC_PER_THREAD` each per thread, then sheds stages, then block_m, to fit
     shared memory."""
@@ -228,7 +228,7 @@ def for_mixllm(schedule: AnySchedule, k: int, group_size: int, arch: str,
     if schedule.predecode:  # the promotion's accumulators allow 64 x 128 a warpgroup; 128 rows where the grid fills the GPU
         wide = hopper and schedule.block_m >= 128
         fixed = Schedule(*((128, 128, span, 5, 256) if wide else (64, 128, span, 4, 128)), predecode=True)
-    elif schedule.overlap and hopper:  # the overlapped mixllm kernel
+    elif schedule.overlap and hopper:  # the overlapped mixllm kernel (split-K or not: it fills N = 4096 layers better than the in-loop tiles)
         fixed = Schedule(64, 128, span, 4, 256, overlap=True)
     if fixed is not None:
         s = fixed.fitted(arch, has4, has8)

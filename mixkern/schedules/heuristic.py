@@ -22,11 +22,13 @@ blocks a grid has against the GPU's SM count, and how long one block's K loop is
   with the widest of 128 x 256, 128 x 128, 64 x 128 tiles whose grid fills 0.8 of a wave.  It
   beat every in-loop-decode tile from M = 192 on four Llama-3 shapes, in both formats
   (1.05-1.32x at 192, up to 2x at 4096), and lost below 128 on the large ones.
-* **64 <= M < 192** (sm_90a): the in-loop kernel with the decode overlapped with asynchronous
-  wgmma (:mod:`mixkern.kernels.overlapped_decode`), 64 x 128 tiles up to 64 tokens, else
-  128 x 128 (64 x 128 if that grid is short), when the grid fills 0.8 of a wave: on the
-  H100 1.0-1.5x the previous pick on 14336 x 4096 and 28672 x 8192 at M = 64 / 128; a
-  shorter grid (N = 4096) lost to the split-K tiles below, which it cannot use.
+* **17 <= M < 192** (sm_90a): the in-loop kernel with the decode overlapped with asynchronous
+  wgmma (:mod:`mixkern.kernels.overlapped_decode`): 64 x 128 tiles up to 64 tokens, else
+  128 x 128 (64 x 128 if even split that grid stays short), K split in two, four or eight
+  (at least 1024 a slice) until the grid fills 0.7 of a wave.  On the H100 (10% 8-bit, eight
+  shapes) it took N = 4096 layers at 128 tokens from 0.40-0.51x to 0.58-1.22x cuBLAS fp16,
+  and 28672 x 8192 at 32 tokens to 1.95x; one layer lost (18944 x 3584 at 32 tokens: 41.9
+  against 37.0 us), see docs/kernels.md.
 * **M <= 256** otherwise: 128 x 128 tiles with two consumer warpgroups when the grid has half
   a block per SM, else 64 x 128.
 * **M > 256** otherwise: 256 x 128 tiles when they fill ~0.9 waves, else 128 x 128, else 64 x 128.
@@ -48,7 +50,9 @@ MIN_K_PER_SPLIT = 2048
 FUSED_MAX_K = 8192  # longer rows: the plain GEMV (see the module docstring)
 TENSOR_CORE_MIN_N = 8192  # M <= 16: from here the 16-token tensor-core tile beats the GEMV
 PREDECODE_MIN_M = 192  # from here decoding the whole layer first, then a plain int8 GEMM, wins (H100, both formats)
-OVERLAP_MIN_M = 64  # from here (to PREDECODE_MIN_M) the overlapped decode, where its grid fills the GPU (H100)
+OVERLAP_MIN_M = 17  # from here (to PREDECODE_MIN_M) the overlapped decode, where its grid fills the GPU (H100)
+OVERLAP_MIN_K_PER_SPLIT = 1024
+OVERLAP_FILL = 0.7  # of a wave (one block per SM): the overlapped decode's grid, split over K until it reaches this
 OVERLAP_TILES = (Schedule(64, 128, 128, 4, 256, overlap=True), Schedule(128, 128, 128, 4, 256, overlap=True))
 PREDECODE_TILES = (Schedule(128, 256, 128, 3, 256, predecode=True), Schedule(128, 128, 128, 4, 256, predecode=True),
                    Schedule(64, 128, 128, 4, 128, predecode=True))
@@ -72,7 +76,7 @@ def choose(arch: str, m: int, n: int, k: int, group_size: int = 128, n8: int = 0
         return GemvSchedule(rows=4, warps=2 if long_k else 4, tokens=16 if long_k else 8)
     if predecoded(arch, m, n, sms):
         return _predecoded_tile(m, n, sms)
-    tile = overlapped(arch, m, n, n8, sms)
+    tile = overlapped(arch, m, n, k, n8, sms)
     if tile is not None:
         return tile
     return _tensor_core(m, n, k, group_size, n8, sms)
@@ -106,15 +110,28 @@ def predecoded(arch: str, m: int, n: int, sms: int) -> bool:
             and 2 * blocks >= sms)
 
 
-def overlapped(arch: str, m: int, n: int, n8: int, sms: int) -> Schedule | None:
-    """The overlapped-decode tile for an M x N layer on ``arch``, or None where it does not apply:
-    sm_90a, OVERLAP_MIN_M <= M < PREDECODE_MIN_M, and a grid (4-bit and 8-bit tiles) of at least
-    0.8 of a wave -- it has no split-K to fill a GPU with a short grid."""
+def overlapped(arch: str, m: int, n: int, k: int, n8: int, sms: int) -> Schedule | None:
+    """The overlapped-decode schedule for an M x N x K layer on ``arch``, or None where it does not
+    apply: sm_90a and OVERLAP_MIN_M <= M < PREDECODE_MIN_M.  Its tile (64 x 128 up to 64 tokens,
+    else 128 x 128, else 64 x 128) is the first whose grid of 4-bit and 8-bit tiles, split over
+    K as far as :func:`_overlap_split` allows, fills OVERLAP_FILL of a wave."""
     if arch.split("+")[0] != "sm_90a" or not OVERLAP_MIN_M <= m < PREDECODE_MIN_M:
         return None
-    tiles = OVERLAP_TILES[:1] if m <= 64 else OVERLAP_TILES[::-1]
-    return next((t for t in tiles if _ceil(m, t.block_m) * (_ceil(n - n8, t.block_n) + _ceil(n8, t.block_n)) >= 0.8 * sms),
-                None)
+    for tile in OVERLAP_TILES[:1] if m <= 64 else OVERLAP_TILES[::-1]:
+        blocks = _ceil(m, tile.block_m) * (_ceil(n - n8, tile.block_n) + _ceil(n8, tile.block_n))
+        split = _overlap_split(k, blocks, sms)
+        if blocks * split >= OVERLAP_FILL * sms:
+            return Schedule(tile.block_m, tile.block_n, tile.block_k, tile.stages, tile.threads, split, overlap=True)
+    return None
+
+
+def _overlap_split(k: int, blocks: int, sms: int) -> int:
+    """K slices (powers of two, at most 8, each at least OVERLAP_MIN_K_PER_SPLIT long) until the
+    grid fills OVERLAP_FILL of a wave."""
+    split = 1
+    while blocks * split < OVERLAP_FILL * sms and split < 8 and k % (128 * split * 2) == 0 and k // (split * 2) >= OVERLAP_MIN_K_PER_SPLIT:
+        split *= 2
+    return split
 
 
 def _predecoded_tile(m: int, n: int, sms: int) -> Schedule:
