@@ -1,5 +1,7 @@
 """Hypothesis strategies shared by the tests: shapes, fractions, value ranges, dtypes."""
 
+import os
+
 import torch
 from hypothesis import strategies as st
 
@@ -84,7 +86,6 @@ def compile_ahead(jobs) -> None:
     """Compile a GPU test module's kernels on all cores before its tests run (each compiles once;
     one at a time on first use would serialize them).  ``MIXKERN_COMPILE_AHEAD=0`` skips this,
     so that a ``-k`` selection of a few tests on a cold cache compiles only what it runs."""
-    import os
     if os.environ.get("MIXKERN_COMPILE_AHEAD", "1") != "0":
         from mixkern.warmup import compile_jobs
         compile_jobs(list(jobs))

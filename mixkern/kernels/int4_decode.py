@@ -67,9 +67,10 @@ def int4_decode_tile(bk: int, group_size: int, group_threads: int, group_rows: i
             c = p * group_threads + tx
             i = group * group_rows + c // (bk // CODES_PER_THREAD)
             j = (c % (bk // CODES_PER_THREAD)) * CODES_PER_THREAD
-            n = T.min(n_base + i, n4 - 1)
-            grp = (k0 + j) // group_size
-            at = (*ring_p, j // group_size, i) if staged_scales else (n, grp)  # this chunk's group scale and zero
+            if staged_scales:  # this chunk's group scale and zero point
+                at = (*ring_p, j // group_size, i)
+            else:
+                at = (T.min(n_base + i, n4 - 1), (k0 + j) // group_size)
             s2 = T.int32(1) if unit_scale else T.Cast("int32", S2[at])
             if c < chunks:
                 for h in T.unroll(2):  # two 16-byte chunks: each stays contiguous under any swizzle

@@ -116,6 +116,6 @@ def overlapped_decode_gemm(k: int, group_size: int, schedule: Schedule, out_dtyp
                 else:
                     T.clear(acc)
                     consume(X_s, W_s, None, None, None, acc, full, empty, bz, False)
-                    store(acc, A, S8, I8, Y, Acc, n8, (bx - blocks4) * bn, n4 if has4 and s.split_k > 1 else 0, by)
+                    store(acc, A, S8, I8, Y, Acc, n8, (bx - blocks4) * bn, n4 if has4 else 0, by)
 
     return launch_entry(body, k, group_size, out_dtype, s.split_k > 1, dims)

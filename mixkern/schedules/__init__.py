@@ -228,7 +228,7 @@ def for_mixllm(schedule: AnySchedule, k: int, group_size: int, arch: str,
     if schedule.predecode:  # the promotion's accumulators allow 64 x 128 a warpgroup; 128 rows where the grid fills the GPU
         wide = hopper and schedule.block_m >= 128
         fixed = Schedule(*((128, 128, span, 5, 256) if wide else (64, 128, span, 4, 128)), predecode=True)
-    elif schedule.overlap and hopper:  # the overlapped mixllm kernel (split-K or not: it fills N = 4096 layers better than the in-loop tiles)
+    elif schedule.overlap and hopper:  # the overlapped mixllm kernel, split or not (at N = 4096 it beat the in-loop tiles)
         fixed = Schedule(64, 128, span, 4, 256, overlap=True)
     if fixed is not None:
         s = fixed.fitted(arch, has4, has8)

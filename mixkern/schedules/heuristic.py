@@ -25,10 +25,10 @@ blocks a grid has against the GPU's SM count, and how long one block's K loop is
 * **17 <= M < 192** (sm_90a): the in-loop kernel with the decode overlapped with asynchronous
   wgmma (:mod:`mixkern.kernels.overlapped_decode`): 64 x 128 tiles up to 64 tokens, else
   128 x 128 (64 x 128 if even split that grid stays short), K split in two, four or eight
-  (at least 1024 a slice) until the grid fills 0.7 of a wave.  On the H100 (10% 8-bit, eight
-  shapes) it took N = 4096 layers at 128 tokens from 0.40-0.51x to 0.58-1.22x cuBLAS fp16,
-  and 28672 x 8192 at 32 tokens to 1.95x; one layer lost (18944 x 3584 at 32 tokens: 41.9
-  against 37.0 us), see docs/kernels.md.
+  (at least 1024 a slice) until the grid fills 0.7 of a wave.  On the H100 (10% 8-bit, ten
+  shapes at 32 / 64 / 128 tokens) it took N = 4096 layers at 128 tokens from 0.41-0.51x to
+  0.61-1.24x cuBLAS fp16 and 28672 x 8192 at 32 tokens to 1.99x; it lost on 18944 x 3584 at
+  32 tokens (40.1 against 35.5 us) and by 7% on 2048 x 8192 at 32 / 64 (docs/kernels.md).
 * **M <= 256** otherwise: 128 x 128 tiles with two consumer warpgroups when the grid has half
   a block per SM, else 64 x 128.
 * **M > 256** otherwise: 256 x 128 tiles when they fill ~0.9 waves, else 128 x 128, else 64 x 128.
@@ -129,9 +129,13 @@ def _overlap_split(k: int, blocks: int, sms: int) -> int:
     """K slices (powers of two, at most 8, each at least OVERLAP_MIN_K_PER_SPLIT long) until the
     grid fills OVERLAP_FILL of a wave."""
     split = 1
-    while blocks * split < OVERLAP_FILL * sms and split < 8 and k % (128 * split * 2) == 0 and k // (split * 2) >= OVERLAP_MIN_K_PER_SPLIT:
+    while blocks * split < OVERLAP_FILL * sms and split < 8 and _overlap_splittable(k, split * 2):
         split *= 2
     return split
+
+
+def _overlap_splittable(k: int, split: int) -> bool:
+    return k % (128 * split) == 0 and k // split >= OVERLAP_MIN_K_PER_SPLIT
 
 
 def _predecoded_tile(m: int, n: int, sms: int) -> Schedule:
