@@ -1,6 +1,6 @@
 """Run every kernel kind once on small, awkward shapes (for compute-sanitizer memcheck / racecheck).
 
-    compute-sanitizer --tool memcheck python scripts/sanitize.py [--predecode | --overlap]
+    compute-sanitizer --tool memcheck python scripts/sanitize.py [--predecode | --overlap | --split]
 Each case is checked against the exact reference after the run; exit status 1 on a mismatch.
 """
 import sys
@@ -18,6 +18,7 @@ CASES = [  # (M, N, schedule): decode kernel (plain, fused, streamed), tensor-co
     (1, 203, GemvSchedule(4, 4, 1, chunk=4, fused=True)), (3, 199, GemvSchedule(2, 2, 3, chunk=8, fused=True)),
     (2, 150, GemvSchedule(1, 4, 2, chunk=16)),
     (70, 200, Schedule(64, 64, 128, 4, 128, 1)), (77, 333, Schedule(64, 64, 128, 4, 128, 2)),
+    (150, 333, Schedule(64, 64, 128, 4, 128, 4)),
     (300, 390, Schedule(128, 128, 64, 3, 256, 1)), (257, 260, Schedule(256, 128, 64, 3, 256, 1)),
     (129, 300, Schedule(128, 256, 128, 2, 256, 1)), (256, 520, Schedule(256, 128, 128, 3, 256, 1)),
     (200, 264, Schedule(64, 128, 128, 4, 128, predecode=True)), (300, 520, Schedule(128, 256, 128, 3, 256, predecode=True)),
@@ -27,6 +28,8 @@ CASES = [  # (M, N, schedule): decode kernel (plain, fused, streamed), tensor-co
 ]
 if "--overlap" in sys.argv:  # only the overlapped decode's cases
     CASES = [c for c in CASES if isinstance(c[2], Schedule) and c[2].overlap]
+if "--split" in sys.argv:  # only the split-K cases (the last K slice of a tile writes it)
+    CASES = [c for c in CASES if isinstance(c[2], Schedule) and c[2].split_k > 1]
 if "--predecode" in sys.argv:  # only the predecoded GEMM's cases
     CASES = [c for c in CASES if isinstance(c[2], Schedule) and c[2].predecode]
 FORMATS = {s: ("progressive", "mixllm") if s.predecode or s.overlap else ("progressive",)

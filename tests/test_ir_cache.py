@@ -16,7 +16,7 @@ def cache_dir(tmp_path, monkeypatch):
     return tmp_path
 
 
-@pytest.mark.parametrize("job", [("act", "sm_90a", 3584, "float16"), ("epi", "sm_80", "bfloat16", True)])
+@pytest.mark.parametrize("job", [("act", "sm_90a", 3584, "float16"), ("act", "sm_80", 3584, "bfloat16", True)])
 def test_loaded_ir_is_the_stored_ir(cache_dir, job):
     func = build(*job)
     assert ir_cache.load(job) is None

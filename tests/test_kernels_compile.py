@@ -22,6 +22,7 @@ def check_instructions(job, src: str) -> None:
     assert "__global__" in src
     if kind == "act":  # 16-byte loads of x, NaN kept (as +inf) in the token maximum, IEEE rounding
         assert "*(uint4*)(xv" in src and "CUDART_INF_F" in src and "nearbyintf" in src
+        assert ("] = 0;" in src) == (len(job) > 4)  # and zeroes a split-K workspace
         return
     if kind == "gemv":  # decode: 128-bit weight loads, int8 dot products on CUDA cores
         assert "*(int4*)(W" in src and "__dp4a(" in src
@@ -42,6 +43,8 @@ def check_instructions(job, src: str) -> None:
         return
     has4, has8 = job[6], job[7]
     int8_mma = "DataType::kInt8, tl::DataType::kInt8, tl::DataType::kInt32"  # int8 x int8 -> int32
+    assert ("AtomicAdd(" in src) == (job[4].split_k > 1)  # split over K: int32 partials added exactly
+    assert ("((int*)idx_s" in src) == (job[4].split_k == 1)  # the store's column indices staged in shared memory
     if arch == "sm_90a" and job[4].overlap:
         check_overlapped_decode(src, has4, job[4].split_k > 1)
     elif arch == "sm_90a":

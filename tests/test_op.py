@@ -181,8 +181,10 @@ def test_launch_passes_each_kernel_its_arguments(recorded_launches, case, eight)
     if case < 3:
         assert kinds == ["act", "gemv" if words else "mma"] and main[-1] is y
         return
+    # split-K: the activation kernel also zeroes the int32 workspace (no memset launch)
     acc, epi = main[-1], calls[2][1]
     assert kinds == ["act", "mma", "epi"] and acc.dtype == torch.int32 and acc.shape == (3, 24)
+    assert act[3] is acc and len(act) == 4 and compiles[0] == ("act", "sm_90a", 256, "float16", True)
     assert epi[0] is acc and epi[1] is act[2] and epi[2:6] == (rows4[3], rows4[4], rows8[1], rows8[2])
     assert epi[-1] is y
 

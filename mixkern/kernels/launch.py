@@ -99,9 +99,10 @@ def _pass_configs(kind: str, args: tuple) -> dict:
 
 def build(kind: str, arch: str, *args):
     """The TileLang PrimFunc of one kernel.  Kinds and their args: 'mma', 'gemv', 'mixllm_mma'
-    and 'mixllm_gemv' (k, group_size, schedule, dtype, has4, has8), 'act' (k, dtype), 'act_group'
-    (k, activation group, dtype), 'epi' (dtype, has4), 'predecode' (k, group_size, mixllm,
-    has4, has8), 'int8_gemm' (k, schedule, dtype[, activation group, group_size for mixllm])."""
+    and 'mixllm_gemv' (k, group_size, schedule, dtype, has4, has8), 'act' (k, dtype[, zeroes a
+    split-K workspace]), 'act_group' (k, activation group, dtype), 'epi' (dtype, has4),
+    'predecode' (k, group_size, mixllm, has4, has8), 'int8_gemm' (k, schedule, dtype[, activation
+    group, group_size for mixllm])."""
     if kind == "mma":
         if args[2].overlap and arch.startswith("sm_90"):
             return overlapped_decode_gemm(*args)
@@ -160,11 +161,12 @@ def kernel_jobs(arch: str, k: int, group_size: int, schedule: AnySchedule, dtype
     gemv = ("gemv", arch, k, group_size, schedule, dtype, has4, has8)
     if isinstance(schedule, GemvSchedule) and schedule.fused:
         return [gemv]  # quantizes x itself
-    jobs = [("act", arch, k, dtype)]
     if isinstance(schedule, GemvSchedule):
-        return jobs + [gemv]
-    jobs.append(("mma", arch, k, group_size, schedule.fitted(arch, has4, has8), dtype, has4, has8))
-    return jobs + ([("epi", arch, dtype, has4)] if schedule.split_k > 1 else [])
+        return [("act", arch, k, dtype), gemv]
+    mma = ("mma", arch, k, group_size, schedule.fitted(arch, has4, has8), dtype, has4, has8)
+    if schedule.split_k == 1:
+        return [("act", arch, k, dtype), mma]
+    return [("act", arch, k, dtype, True), mma, ("epi", arch, dtype, has4)]  # act also zeroes the workspace
 
 
 def _mixllm_jobs(arch: str, k: int, group_size: int, schedule: AnySchedule, dtype: str,
@@ -199,10 +201,11 @@ def quantize_activation_cuda(x: torch.Tensor, arch: str | None = None,
     return _quantize(compiled("act_group", arch, k, group_size, dtype), x, group_size)
 
 
-def _quantize(act_kernel, x: torch.Tensor, span: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+def _quantize(act_kernel, x: torch.Tensor, span: int | None, *workspace) -> tuple[torch.Tensor, torch.Tensor]:
+    """(xq, a) by ``act_kernel``, which also zeroes a split-K ``workspace`` if one is given."""
     xq = torch.empty(x.shape, dtype=torch.int8, device=x.device)  # torch.empty: faster than new_empty
     a = _scales(x, span)
-    act_kernel(_aligned(x), xq, a)
+    act_kernel(_aligned(x), xq, a, *workspace)
     return xq, a
 
 
@@ -293,17 +296,19 @@ class _Plan:
         if self.act is None:  # the fused decode kernel quantizes x itself ('a' is its scratch)
             self.main(_aligned(x), _scales(x, self.span), *rows4, *rows8, y)
             return y
+        if self.epi is not None:  # split-K (progressive only): exact int32 partial sums, then one epilogue pass
+            acc = torch.empty(m, n, dtype=torch.int32, device=x.device)
+            xq, a = _quantize(self.act, x, self.span, acc)  # which zeroes acc: no memset launch
+            self.main(xq, a, *rows4, *rows8, acc)
+            self.epi(acc, a, rows4[3], rows4[4], rows8[1], rows8[2], y)
+            return y
         xq, a = _quantize(self.act, x, self.span)
         if self.predecode is not None:
             self._run_predecoded(xq, a, rows4, rows8, y)
         elif self.words:
             self.main(_words(xq), a, *rows4, *rows8, y)
-        elif self.epi is None:
+        else:
             self.main(xq, a, *rows4, *rows8, y)
-        else:  # split-K (progressive only): exact int32 partial sums, then one epilogue pass
-            acc = torch.zeros(m, n, dtype=torch.int32, device=x.device)
-            self.main(xq, a, *rows4, *rows8, acc)
-            self.epi(acc, a, rows4[3], rows4[4], rows8[1], rows8[2], y)
         return y
 
     def _run_predecoded(self, xq: torch.Tensor, a: torch.Tensor, rows4: tuple, rows8: tuple, y: torch.Tensor):

@@ -23,26 +23,54 @@ from .int4_decode import DECODE_BARRIER, DECODE_SOURCE, consumer_groups, int4_de
 
 DTYPES = {"float16": "float16", "bfloat16": "bfloat16"}
 
+
 def _scaled(acc, a, s, out: str):
     """The float epilogue of the format, in its one order: out((fp32(acc) * a[m]) * s[n])."""
     return T.Cast(out, (T.Cast("float32", acc) * a) * s)
 
 
-def scaled_store(bm: int, bn: int, m, out: str, split: bool = False):
+STORE_BARRIER = 6  # named barrier of the threads holding a tile, in its store (the decode's are 7..)
+
+
+def tile_store(bm: int, bn: int, m, out: str, split: bool = False, consumers: int = 128):
     """A macro writing a (bm, bn) int32 tile into its features' original columns of Y through the
-    format's epilogue (:func:`_scaled`), inside M and the precision's rows; with ``split``, adding
-    it into the split-K workspace Acc instead (exact int32 atomics)."""
+    format's epilogue (:func:`_scaled`), inside M and the precision's rows:
+    ``store(acc, A, S, Idx, Y, Acc, rows, col0, acc_col0, by)`` (``consumers``: the threads
+    holding the tile); with ``split``, adding it into the split-K workspace Acc instead (exact
+    int32 atomics; :func:`epilogue` applies the scales once every K slice is in).
+
+    The tile's column indices and scales and its token scales go to shared memory first, one
+    load a thread: read from global memory inside the element loop, each element waited on its
+    own index load before its store -- 7-10 us for a 64 x 128 tile on the H100, more than the
+    tile's whole main loop at 32 tokens (ncu, then A/B of the store's parts).  TileLang may
+    place these buffers over the main loop's (their lifetimes do not overlap), hence the
+    barrier before they are written: every thread holding the tile is past its last MMA."""
+    if split:
+        @T.macro
+        def add(acc, A, S, Idx, Y, Acc, rows, col0, acc_col0, by):
+            for i, j in T.Parallel(bm, bn):
+                if by * bm + i < m and col0 + j < rows:
+                    T.atomic_add(Acc[by * bm + i, acc_col0 + col0 + j], acc[i, j])
+        return add
 
     @T.macro
     def store(acc, A, S, Idx, Y, Acc, rows, col0, acc_col0, by):
+        idx_s = T.alloc_shared((bn,), "int32")
+        s_s = T.alloc_shared((bn,), "float32")
+        a_s = T.alloc_shared((bm,), "float32")
+        tx = T.get_thread_binding()
+        T.sync_threads(STORE_BARRIER, consumers)  # the staging may reuse the main loop's shared memory
+        for t in T.serial(-(-bn // consumers)):
+            if t * consumers + tx < bn and col0 + t * consumers + tx < rows:
+                idx_s[t * consumers + tx] = Idx[col0 + t * consumers + tx]
+                s_s[t * consumers + tx] = S[col0 + t * consumers + tx]
+        for t in T.serial(-(-bm // consumers)):
+            if t * consumers + tx < bm and by * bm + t * consumers + tx < m:
+                a_s[t * consumers + tx] = A[by * bm + t * consumers + tx]
+        T.sync_threads(STORE_BARRIER, consumers)
         for i, j in T.Parallel(bm, bn):
-            row = by * bm + i
-            col = col0 + j
-            if row < m and col < rows:
-                if split:
-                    T.atomic_add(Acc[row, acc_col0 + col], acc[i, j])
-                else:
-                    Y[row, Idx[col]] = _scaled(acc[i, j], A[row], S[col], out)
+            if by * bm + i < m and col0 + j < rows:
+                Y[by * bm + i, idx_s[j]] = _scaled(acc[i, j], a_s[i], s_s[j], out)
 
     return store
 
@@ -64,7 +92,6 @@ def mixed_gemm(k: int, group_size: int, schedule: Schedule, out_dtype: str = "fl
     bm, bn, bk = s.block_m, s.block_n, s.block_k
     m, n4, n8, n_total = T.dynamic("m"), T.dynamic("n4"), T.dynamic("n8"), T.dynamic("n_total")
     k_split = k // s.split_k
-    split = s.split_k > 1
     out = DTYPES[out_dtype]
     blocks4 = T.ceildiv(n4, bn) if has4 else 0
     blocks8 = T.ceildiv(n8, bn) if has8 else 0
@@ -73,7 +100,7 @@ def mixed_gemm(k: int, group_size: int, schedule: Schedule, out_dtype: str = "fl
 
     decode_tile = int4_decode_tile(bk, group_size, group_threads, group_rows)
 
-    store = scaled_store(bm, bn, m, out, split)
+    store = tile_store(bm, bn, m, out, s.split_k > 1, s.threads)
 
     @T.macro
     def body(X, A, W4, S2, Z, S4, I4, W8, S8, I8, Y, Acc):
@@ -110,7 +137,7 @@ def mixed_gemm(k: int, group_size: int, schedule: Schedule, out_dtype: str = "fl
                     T.gemm(X_s, W_s, acc, transpose_B=True, policy=policy)
                 store(acc, A, S8, I8, Y, Acc, n8, (bx - blocks4) * bn, n4 if has4 else 0, by)
 
-    return launch_entry(body, k, group_size, out_dtype, split, (m, n4, n8, n_total))
+    return launch_entry(body, k, group_size, out_dtype, s.split_k > 1, (m, n4, n8, n_total))
 
 
 def launch_entry(body, k: int, group_size: int, out_dtype: str, split: bool, dims: tuple):

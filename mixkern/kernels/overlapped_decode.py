@@ -21,16 +21,24 @@ The int32 result and the epilogue are :mod:`.mixed_gemm`'s (bit-equal to the ref
 split-K included: with ``split_k > 1`` grid z walks K slices and each adds its int32 partial
 into the workspace (exact atomics), so a layer with few weight tiles (N = 4096) still fills
 the GPU.  The 4-bit and 8-bit branches' buffers overlap in shared memory (a block runs one
-branch; ``launch._pass_configs``), so a 64 x 128 block takes 97 KB and two fit on an SM.
+branch; ``launch._pass_configs``), so a 64 x 128 block takes 97 KB and two fit on an SM
+(:func:`blocks_per_sm`).
 """
 
 import tilelang.language as T
 
 from ..schedules import Schedule
 from .int4_decode import DECODE_BARRIER, DECODE_SOURCE, int4_decode_tile, stage_scales, tile_groups
-from .mixed_gemm import DTYPES, launch_entry, scaled_store
+from .mixed_gemm import DTYPES, launch_entry, tile_store
 
 PRODUCER_THREADS = 128
+SM_SHARED_BYTES = 228 * 1024  # an H100 SM's shared memory, 1 KB of it reserved per resident block
+
+
+def blocks_per_sm(schedule: Schedule, has4: bool, has8: bool) -> int:
+    """Blocks of this kernel an SM can hold by shared memory (1 or 2), which ptxas is asked to
+    keep to (85 registers a thread for two)."""
+    return 2 if 2 * (schedule.shared_bytes(has4, has8) + 2 * 1024) <= SM_SHARED_BYTES else 1
 
 
 def overlapped_decode_gemm(k: int, group_size: int, schedule: Schedule, out_dtype: str = "float16",
@@ -52,7 +60,7 @@ def overlapped_decode_gemm(k: int, group_size: int, schedule: Schedule, out_dtyp
     stage = stage_scales(bn, bk, group_size)
     policy = T.GemmWarpPolicy.FullCol
 
-    store = scaled_store(bm, bn, m, out, s.split_k > 1)
+    store = tile_store(bm, bn, m, out, s.split_k > 1, consumers)
 
     @T.macro
     def produce(X, Wt, S2, Z, X_s, W_s, S2_s, Z_s, full, empty, row0, by, bz, packed):
@@ -93,6 +101,7 @@ def overlapped_decode_gemm(k: int, group_size: int, schedule: Schedule, out_dtyp
         with T.Kernel(blocks4 + blocks8, T.ceildiv(m, bm), s.split_k,
                       threads=consumers + PRODUCER_THREADS) as (bx, by, bz):
             T.import_source(DECODE_SOURCE)
+            T.annotate_min_blocks_per_sm(blocks_per_sm(s, has4, has8))
             X_s = T.alloc_shared((stages, bm, bk), "int8")
             acc = T.alloc_fragment((bm, bn), "int32")
             full = T.alloc_barrier([PRODUCER_THREADS] * stages)

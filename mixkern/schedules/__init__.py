@@ -71,7 +71,7 @@ class Schedule:
         W and holds one output tile for its 16-byte epilogue."""
         if self.predecode:
             return self.stages * (self.block_m + self.block_n) * self.block_k + self.block_m * self.block_n * 2
-        x = self.stages * self.block_m * self.block_k
+        x = self.stages * self.block_m * self.block_k + self.store_bytes
         if self.overlap:  # one X ring; 4-bit rows decode into two tiles, their scales staged
             staged = 2 * self.stages * self.block_n * max(1, self.block_k // 64)  # s2 and z bytes, groups >= 64
             return x + max(has4 * (self.stages * self.block_n * self.block_k // 2 + 2 * self.block_n * self.block_k + staged),
@@ -79,6 +79,11 @@ class Schedule:
         four = x + self.stages * self.block_n * self.block_k // 2 + self.block_n * self.block_k
         eight = x + self.stages * self.block_n * self.block_k
         return four * has4 + eight * has8
+
+    @property
+    def store_bytes(self) -> int:
+        """The in-loop epilogue's staged column indices, column scales and token scales."""
+        return 4 * (2 * self.block_n + self.block_m)
 
     def fitted(self, arch: str, has4: bool = True, has8: bool = True) -> Schedule:
         """This schedule with fewer stages (down to 2), then a shorter block_k (down to 64), if its
