@@ -76,12 +76,32 @@ def _clone_packed(pw: PackedWeight) -> PackedWeight:
     return PackedWeight.unchecked(**{**pw.__dict__, **{n: t.clone() for n, t in pw.tensors().items()}})
 
 
-def warm_compile_cache(arch: str, plan: dict, dtypes=("float16",), group_size: int = 128):
+def random_layer(n: int, k: int, device, formats=("progressive", "mixllm")) -> tuple[torch.Tensor, dict]:
+    """A random (N, K) layer for speed runs (speed depends on shapes, not values): its fp16
+    weight and {format: packed weight}, the same random 10% of rows 8-bit in each."""
+    w = torch.randn(n, k, device=device) * 0.05
+    idx = torch.randperm(n)[: n // 10].tolist()
+    return w.half(), {f: quantize_weight(w, idx, 128, format=f) for f in formats}
+
+
+def rotated_operands(wh: torch.Tensor, m: int, packed: dict) -> tuple[int, list, list, dict]:
+    """Operand copies for :func:`_rotated_ms` (caches cold at every call) of one (N, K) layer
+    at M tokens: (copies, fp16 x copies, fp16 weight copies -- as many as fit 150 MB, used
+    round-robin --, {name: copies of each packed weight in ``packed``})."""
+    (n, k), dev = wh.shape, wh.device
+    c = copies_needed(n * k // 2 + m * k * 2)
+    xs = [torch.randn(m, k, device=dev, dtype=torch.float16) for _ in range(c)]
+    whs = [wh.clone() for _ in range(min(c, max(2, int(150e6 // (n * k * 2)))))]
+    return c, xs, whs, {name: [pw] + [_clone_packed(pw) for _ in range(c - 1)] for name, pw in packed.items()}
+
+
+def warm_compile_cache(arch: str, plan: dict, dtypes=("float16",), group_size: int = 128,
+                       formats=("progressive",)):
     """Compile, in parallel processes, every kernel of the schedules in ``plan`` ({K: schedules})."""
     from .kernels.launch import kernel_jobs_any_split
     from .warmup import compile_jobs
-    jobs = {j for dtype in dtypes for k, schedules in plan.items() for s in schedules
-            for j in kernel_jobs_any_split(arch, k, group_size, s, dtype)}
+    jobs = {j for dtype in dtypes for k, schedules in plan.items() for s in schedules for fmt in formats
+            for j in kernel_jobs_any_split(arch, k, group_size, s, dtype, fmt)}
     t0 = time.perf_counter()
     built = compile_jobs(sorted(jobs, key=str))
     print(f"{len(jobs)} kernels ready ({built} compiled) in {time.perf_counter() - t0:.0f}s", file=sys.stderr)

@@ -32,9 +32,15 @@ weight group), ``group_size`` is 64, 128 (default) or 256.  Two versioned format
                       acc = fmaf(fp32(p[m, n, j]), c[m, n, j], acc)  one rounding (fused)
                   y = out_dtype(acc)                                round to nearest even
 
+    split-K, S slices (S divides K/A; the GPU kernels at 17..191 tokens, where a grid of whole-K
+                  tiles would leave SMs idle): slice s runs the chain above from acc_s = 0.0f over
+                  its own J/S groups, and y = out_dtype(((acc_0 + acc_1) + acc_2) + ...), fp32 adds
+                  in slice order -- deterministic, and still within the float64 bound
+
 Every step is IEEE round-to-nearest-even, so a GPU kernel that keeps this order (one int32
-MMA chain per activation group, ``__fmul_rn`` then ``__fmaf_rn``) is bit-exact; a split-K
-kernel reorders the fp32 sum and stays within :func:`mixkern.reference.tolerance`.  A token
+MMA chain per activation group, ``__fmul_rn`` then ``__fmaf_rn``; its slices summed in order)
+is bit-exact against :func:`mixkern.reference.reference_gemm_quantized` with its ``split_k``,
+and any order of the fp32 sum stays within :func:`mixkern.reference.tolerance`.  A token
 whose activation group holds NaN or Inf gets ``a[m, j] = +inf`` there, so its whole output
 row is non-finite (``fmaf(p, inf, acc)`` is inf or NaN) and no other token is touched.
 

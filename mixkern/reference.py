@@ -67,25 +67,36 @@ def _act_scales(a: torch.Tensor, pw: PackedWeight) -> tuple[torch.Tensor, torch.
 
 
 def mixllm_accumulate(xq: torch.Tensor, a: torch.Tensor, w: torch.Tensor, s: torch.Tensor, span: int,
-                      int_matmul=_int_matmul) -> torch.Tensor:
+                      int_matmul=_int_matmul, split_k: int = 1) -> torch.Tensor:
     """float32 (M, N) accumulator of the mixllm contract from decoded operands: xq int8 (M, K),
     a float32 (M, J), w int8 (N, K) (q - z or q8), s float32 (N, J) each row's weight scale per
     activation group of ``span``; groups in increasing k.  ``int_matmul(xq_j, w_j)`` is any exact
-    integer matmul (a fast path passes int32 tensor products: the partials are below 2**21)."""
-    acc = torch.zeros(xq.shape[0], w.shape[0], dtype=torch.float32, device=xq.device)
-    for j in range(a.shape[1]):
-        cols = slice(j * span, (j + 1) * span)
-        c = a[:, j, None] * s[None, :, j]  # float32 multiply: one rounding
-        acc = fma32(int_matmul(xq[:, cols].contiguous(), w[:, cols].contiguous()), c, acc)
-    return acc
+    integer matmul (a fast path passes int32 tensor products: the partials are below 2**21).
+    ``split_k`` K slices (dividing J): each slice runs the chain from 0 over its own groups and
+    the slices' float32 accumulators are added in slice order (:mod:`mixkern.format`)."""
+    groups = a.shape[1]
+    if groups % split_k:
+        raise ValueError(f"split_k={split_k} does not divide the {groups} activation groups")
+    total = None
+    for first in range(0, groups, groups // split_k):
+        acc = torch.zeros(xq.shape[0], w.shape[0], dtype=torch.float32, device=xq.device)
+        for j in range(first, first + groups // split_k):
+            cols = slice(j * span, (j + 1) * span)
+            c = a[:, j, None] * s[None, :, j]  # float32 multiply: one rounding
+            acc = fma32(int_matmul(xq[:, cols].contiguous(), w[:, cols].contiguous()), c, acc)
+        total = acc if total is None else total + acc  # float32 add: one rounding
+    return total
 
 
-def reference_gemm_quantized(xq: torch.Tensor, a: torch.Tensor, pw: PackedWeight, out_dtype: torch.dtype) -> torch.Tensor:
+def reference_gemm_quantized(xq: torch.Tensor, a: torch.Tensor, pw: PackedWeight, out_dtype: torch.dtype,
+                             split_k: int = 1) -> torch.Tensor:
     """y from already-quantized activations: xq int8 (M, K) and a float32, (M,) for
-    PROGRESSIVE, (M, K // A) for MIXLLM (:meth:`WeightFormat.act_group_size`)."""
+    PROGRESSIVE, (M, K // A) for MIXLLM (:meth:`WeightFormat.act_group_size`).  ``split_k``:
+    MIXLLM's K slices (a split-K kernel's fp32 order); PROGRESSIVE's integer sums are exact in
+    any order, so it ignores it."""
     if pw.format is WeightFormat.MIXLLM:
         a, s, span = _act_scales(a, pw)
-        return mixllm_accumulate(xq, a, pw.int8_rows(), s, span).to(out_dtype)
+        return mixllm_accumulate(xq, a, pw.int8_rows(), s, span, split_k=split_k).to(out_dtype)
     acc = _int_matmul(xq, pw.int8_rows()).to(torch.float32)  # == float32(int32 accumulator)
     return ((acc * a.to(torch.float32)[:, None]) * pw.row_scales()[None, :]).to(out_dtype)
 

@@ -8,8 +8,7 @@ benchmark with peers is ``python -m mixkern.bench --formats progressive mixllm``
 """
 import sys, torch, json, os
 import mixkern
-from mixkern import quantize_weight
-from mixkern.bench import _clone_packed, _rotated_ms, copies_needed
+from mixkern.bench import _rotated_ms, random_layer, rotated_operands
 from mixkern.kernels.launch import arch_of, kernel_jobs, sm_count
 from mixkern.schedules import pick
 from mixkern.warmup import compile_jobs
@@ -24,19 +23,11 @@ rows = []
 print("| N x K | M | cuBLAS fp16 us | progressive us | mixllm us | mixllm/progressive speed | mixllm vs fp16 |")
 print("|---|---:|---:|---:|---:|---:|---:|")
 for n, k in shapes:
-    w = torch.randn(n, k, device=dev) * 0.05
-    idx = torch.randperm(n)[: n // 10].tolist()
-    pws = {f: quantize_weight(w, idx, 128, format=f) for f in ("progressive", "mixllm")}
-    wh = w.half()
+    wh, pws = random_layer(n, k, dev)
     for m in ms:
-        c = copies_needed(n * k // 2 + m * k * 2)
-        xs = [torch.randn(m, k, device=dev, dtype=torch.float16) for _ in range(c)]
-        whs = [wh.clone() for _ in range(min(c, max(2, int(150e6 // (n * k * 2)))))]
+        c, xs, whs, cps = rotated_operands(wh, m, pws)
         t16 = _rotated_ms(lambda i: xs[i] @ whs[i % len(whs)].T, c) * 1e3
-        t = {}
-        for f, pw in pws.items():
-            copies = [pw] + [_clone_packed(pw) for _ in range(c - 1)]
-            t[f] = _rotated_ms(lambda i: mixkern.gemm(xs[i], copies[i]), c) * 1e3
+        t = {f: _rotated_ms(lambda i: mixkern.gemm(xs[i], copies[i]), c) * 1e3 for f, copies in cps.items()}
         row = dict(n=n, k=k, m=m, fp16=t16, **t)
         rows.append(row)
         print(f"| {n}x{k} | {m} | {t16:.1f} | {t['progressive']:.1f} | {t['mixllm']:.1f} | "

@@ -28,16 +28,16 @@ CASES = [  # (M, N, schedule): decode kernel (plain, fused, streamed), tensor-co
 ]
 if "--overlap" in sys.argv:  # only the overlapped decode's cases
     CASES = [c for c in CASES if isinstance(c[2], Schedule) and c[2].overlap]
-if "--split" in sys.argv:  # only the split-K cases (the last K slice of a tile writes it)
+if "--split" in sys.argv:  # only the split-K cases (int32 atomics; mixllm: float32 slices, summed in order)
     CASES = [c for c in CASES if isinstance(c[2], Schedule) and c[2].split_k > 1]
 if "--predecode" in sys.argv:  # only the predecoded GEMM's cases
     CASES = [c for c in CASES if isinstance(c[2], Schedule) and c[2].predecode]
-FORMATS = {s: ("progressive", "mixllm") if s.predecode or s.overlap else ("progressive",)
+FORMATS = {s: ("progressive", "mixllm") if s.predecode or s.overlap or s.split_k > 1 else ("progressive",)
            for _, _, s in CASES if isinstance(s, Schedule)}
 if "--compile" in sys.argv:  # fill the kernel cache in parallel first (outside the sanitizer)
     from mixkern.bench import warm_compile_cache
     from mixkern.kernels.launch import arch_of
-    warm_compile_cache(arch_of(torch.device("cuda")), {K: [s for _, _, s in CASES]})
+    warm_compile_cache(arch_of(torch.device("cuda")), {K: [s for _, _, s in CASES]}, formats=("progressive", "mixllm"))
 bad = 0
 gen = torch.Generator(device="cuda").manual_seed(0)
 for (m, n, schedule), fmt in ((c, f) for c in CASES for f in FORMATS.get(c[2], ("progressive",))):

@@ -30,6 +30,8 @@ STRUCTURAL = (  # one schedule per code path: plain / fused / streamed GEMV, sma
     Schedule(64, 64, 128, 3, 128, 4), Schedule(256, 128, 128, 3, 256), Schedule(64, 128, 128, 4, 256, overlap=True),
     Schedule(64, 128, 128, 4, 128, predecode=True), Schedule(128, 256, 128, 3, 256, predecode=True))
 BF16 = STRUCTURAL[1::2] + STRUCTURAL[6::2]  # half the code paths, and both overlapped kernels
+MIXLLM_OVERLAPPED = (Schedule(128, 128, 128, 4, 256, 4, overlap=True),  # mixllm: 64 x 128, K in two slices
+                     Schedule(128, 128, 128, 4, 256, overlap=True))  # mixllm: 128 x 128
 
 
 def model_shapes() -> list[tuple[int, int, int]]:
@@ -72,6 +74,9 @@ def mixllm_jobs() -> list[tuple]:
     jobs += [j for arch in ARCHS for s in BF16 for j in kernel_jobs(arch, 4096, 128, s, "bfloat16", fmt="mixllm")]
     jobs += [j for arch in ARCHS for g in (64, 256) for s in STRUCTURAL[::2] + STRUCTURAL[-1:]
              for j in kernel_jobs(arch, 3584 if g == 64 else 4608, g, fit(s, 3584, g), "float16", fmt="mixllm")]
+    jobs += [j for arch in ARCHS for has4, has8 in PRECISION_SPLITS for s in MIXLLM_OVERLAPPED
+             for j in kernel_jobs(arch, 4096, 128, s, "float16", has4, has8, "mixllm")]
+    jobs += [j for arch in ARCHS for j in kernel_jobs(arch, 3584, 64, MIXLLM_OVERLAPPED[1], "bfloat16", fmt="mixllm")]
     jobs += [j for arch in ARCHS for i, k in enumerate(ODD_K)
              for j in kernel_jobs(arch, k, 128, fit(STRUCTURAL[i % len(STRUCTURAL)], k, 128), "float16", fmt="mixllm")]
     return list(dict.fromkeys(jobs))

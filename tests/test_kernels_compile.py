@@ -6,6 +6,7 @@ Kernels build in background processes (one per core) in the order the tests need
 why: tests/kernel_jobs.py.  ``-m sweep`` adds every schedule of the tables and the heuristic
 in every precision mix and dtype."""
 
+import re
 import shutil
 
 import pytest
@@ -93,6 +94,9 @@ def check_mixllm_instructions(job, src: str) -> None:
     if kind == "act_group":
         assert "__shfl_xor_sync" in src and "nearbyintf" in src and "CUDART_INF_F" in src
         return
+    if kind == "mixllm_sum":  # split-K slices added in order, each add one rounding, never reassociated
+        assert src.count("__fadd_rn(") == job[2] - 1 and "atomic" not in src.lower()
+        return
     assert "__fmaf_rn(" in src and "__fmul_rn(" in src
     if kind == "mixllm_gemv":
         assert "__dp4a(" in src and "__shfl_xor_sync" in src
@@ -107,6 +111,9 @@ def check_mixllm_instructions(job, src: str) -> None:
     else:
         assert "tma_load" not in src  # no warp specialization (launch._pass_configs)
     assert (src.count("mixkern_decode16(") > 1) == (kind == "mixllm_mma" and job[6])
+    if kind == "mixllm_mma":  # column indices staged in shared memory; split over K, plain stores per slice
+        assert "((int*)idx_s" in src and "atomic" not in src.lower()
+        assert ("blockIdx.z" in src) == (job[4].split_k > 1)
 
 
 def check_overlapped_promotion(src: str) -> None:
@@ -114,7 +121,7 @@ def check_overlapped_promotion(src: str) -> None:
     with fewer registers, and each group's promotion placed between the next group's wgmma
     issue and the wait for it."""
     assert "tma_load" in src and "warpgroup_reg_alloc" in src and "warpgroup_reg_dealloc" in src
-    issue = src.index("(acc1 + 0)), ")  # the first wgmma into the second int32 fragment
+    issue = re.search(r"tl::wgmma_ss<[^\n]*\(acc1 \+ ", src).start()  # the first wgmma into the second int32 fragment
     wait = src.index("tl::wait_wgmma<0>();", issue)
     assert "((float)acc0[" in src[issue:wait]  # the first fragment promoted while that MMA runs
     assert "tl::wait_wgmma<1>" not in src  # ptxas serializes wgmma when the pipeline never drains

@@ -16,7 +16,8 @@ from mixkern import PackedWeight, QuantConfig, WeightFormat, load_quantized, qua
 from mixkern.lm import LMConfig, TinyLM
 from mixkern.ops import FORMAT_IDS, weight_args
 from mixkern.quantize.activations import dequantize_activation, quantize_activation
-from mixkern.reference import fma32, float64_gemm_quantized, quantize_for, reference_gemm, tolerance
+from mixkern.reference import (fma32, float64_gemm_quantized, quantize_for, reference_gemm, reference_gemm_quantized,
+                               tolerance)
 from strategies import activations, dtypes, within
 
 MIXLLM = WeightFormat.MIXLLM
@@ -96,10 +97,13 @@ def test_reference_close_to_fp_matmul_within_quantization_error(case):
     assert bool(((x64 @ w64.T).abs()[~finite] + bound[~finite] > torch.finfo(x.dtype).max).all())
 
 
-def test_reference_is_the_fma_chain_bit_for_bit():
+@pytest.mark.parametrize("split_k", [1, 2, 4])
+def test_reference_is_the_fma_chain_bit_for_bit(split_k):
     """Genuine int32 partials per activation group, c = fp32(a * s), one rounding per fmaf
-    (exact rationals), groups in increasing k: the reference equals this to the bit."""
-    torch.manual_seed(0)
+    (exact rationals), groups in increasing k: the reference equals this to the bit.  Split
+    over K, each slice's chain starts from zero and the slices add in order, one float32
+    rounding each (the format's split-K contract)."""
+    torch.manual_seed(split_k)
     w, x = torch.randn(5, 512), torch.randn(3, 512, dtype=torch.float16) * 3
     x[:, 7] *= 400
     pw = quantize_weight(w, [1, 4], 256, "mixllm")  # weight group 256: two activation groups per scale
@@ -109,13 +113,32 @@ def test_reference_is_the_fma_chain_bit_for_bit():
     expect = torch.empty(3, 5, dtype=torch.float16)
     for m in range(3):
         for n in range(5):
-            acc = 0.0
-            for j in range(4):
-                p = int((xq[m, j * 128:(j + 1) * 128].int() * wi[n, j * 128:(j + 1) * 128]).sum())
-                c = (a[m, j] * s[n, j // 2]).item()  # float32 * float32 in torch: one rounding
-                acc = _exact_fma(p, c, acc)
-            expect[m, n] = torch.tensor(acc, dtype=torch.float32).half()
-    assert torch.equal(reference_gemm(x, pw), expect)
+            total = torch.tensor(0.0)
+            for first in range(0, 4, 4 // split_k):
+                acc = 0.0
+                for j in range(first, first + 4 // split_k):
+                    p = int((xq[m, j * 128:(j + 1) * 128].int() * wi[n, j * 128:(j + 1) * 128]).sum())
+                    c = (a[m, j] * s[n, j // 2]).item()  # float32 * float32 in torch: one rounding
+                    acc = _exact_fma(p, c, acc)
+                total = torch.tensor(acc, dtype=torch.float32) if first == 0 else total + torch.tensor(acc, dtype=torch.float32)
+            expect[m, n] = total.half()
+    assert torch.equal(reference_gemm_quantized(xq, a, pw, torch.float16, split_k=split_k), expect)
+    if split_k == 1:
+        assert torch.equal(reference_gemm(x, pw), expect)
+
+
+@given(case=mixllm_cases(max_m=6), data=st.data())
+def test_split_k_stays_within_the_float64_bound(case, data):
+    """Any K split the format allows (dividing the activation groups) is within tolerance of the
+    float64 result, like the whole-K chain; a split that does not divide them is refused."""
+    _, pw, x = case
+    xq, a = quantize_for(x, pw)
+    groups = a.shape[1]
+    split = data.draw(st.sampled_from([s for s in (2, 3, 4, 7, 8) if groups % s == 0] or [1]))
+    y = reference_gemm_quantized(xq, a, pw, x.dtype, split_k=split)
+    assert within(y, float64_gemm_quantized(xq, a, pw), tolerance(xq, a, pw, x.dtype))
+    with pytest.raises(ValueError, match="does not divide"):
+        reference_gemm_quantized(xq, a, pw, x.dtype, split_k=groups + 1)
 
 
 # -- activations per (token, group) ------------------------------------------------------------

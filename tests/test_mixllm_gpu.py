@@ -1,7 +1,8 @@
 """The mixllm format's TileLang kernels on a CUDA GPU against the exact reference (skipped
 without CUDA): grouped activation quantization, the decode GEMV, the tensor-core kernel.
 
-Bit-equality is the claim (every kernel keeps the format's fp32 chain order); the float64
+Bit-equality is the claim (every kernel keeps the format's fp32 chain order, in its K slices
+when split: the reference is asked for the same slices); the float64
 bound (:func:`mixkern.tolerance`) is checked too, so a failure says which one broke."""
 
 import os
@@ -77,7 +78,13 @@ def _check(x, pw, schedule=None):
     assert not torch.isnan(y).any(), "kernel left outputs unwritten"
     for sl in token_slices(x.shape[0], pw):  # the float64 terms are (M, N, K / A): a few tokens at a time
         assert within(y[sl], float64_gemm_quantized(xq[sl], a[sl], pw), tolerance(xq[sl], a[sl], pw, x.dtype))
-    return (y != reference_gemm_quantized(xq, a, pw, x.dtype)).float().mean().item()
+    return (y != _reference(xq, a, pw, x.dtype, schedule)).float().mean().item()
+
+
+def _reference(xq, a, pw, dtype, schedule=None):
+    """The reference in the fp32 order of the kernel the op runs: its K slices, if split."""
+    from mixkern.kernels.launch import chain_slices
+    return reference_gemm_quantized(xq, a, pw, dtype, split_k=chain_slices(xq.shape[0], pw, xq.device, schedule))
 
 
 @pytest.mark.parametrize("schedule", STRUCTURAL, ids=lambda s: s.key)
@@ -85,8 +92,8 @@ def _check(x, pw, schedule=None):
 @pytest.mark.parametrize("m", [1, 3, 16, 77])
 def test_every_code_path_is_bit_exact(schedule, group_size, m):
     """Each code path (fused / plain / multi-token decode, small and large tensor-core tiles; a
-    split-K schedule runs without split-K), each weight group (activation groups 64, 128),
-    every precision mix and dtype, on awkward M and N."""
+    split-K schedule into a float32 workspace summed in order), each weight group (activation groups 64, 128),
+    every precision mix and dtype, on awkward M and N; split-K schedules split."""
     from mixkern.schedules import fit
     k = _k_for(group_size)
     s = fit(schedule, k, group_size)
@@ -107,15 +114,17 @@ def test_any_k_and_n(m, n, k, fraction):
 
 
 MID_CASES = [(64, 14336, 4096, 128), (77, 14000, 4096, 128), (100, 28672, 8192, 128), (128, 14336, 4096, 128),
-             (129, 18944, 3584, 128), (191, 11008, 4096, 128), (96, 14336, 3584, 64), (70, 14336, 4608, 256)]
+             (129, 18944, 3584, 128), (191, 11008, 4096, 128), (96, 14336, 3584, 64), (70, 14336, 4608, 256),
+             (32, 4096, 14336, 128), (100, 4096, 4096, 128), (150, 2000, 8192, 128), (40, 3584, 18944, 64)]  # split K
 
 
 @pytest.mark.parametrize("m, n, k, group_size", MID_CASES, ids=lambda v: str(v))
 @pytest.mark.parametrize("fraction", SPLITS)
 def test_mid_prompts_run_the_overlapped_kernel_exactly(m, n, k, group_size, fraction):
     """64..191 tokens on wide layers: the op picks the overlapped mixllm kernel on Hopper
-    (promotion of group j - 1 and decode of j + 1 beside the MMA of j), bit-equal to the
-    reference for every weight group, precision mix and dtype, N off the tile grid."""
+    (promotion of group j - 1 and decode of j + 1 beside the MMA of j), split over K where the
+    grid is short (N = 2000..4096), bit-equal to the reference in the same K slices for every
+    weight group, precision mix and dtype, N off the tile grid."""
     from mixkern.kernels.launch import arch_of, sm_count
     from mixkern.schedules import for_mixllm, pick
     device = torch.device("cuda")
@@ -123,6 +132,7 @@ def test_mid_prompts_run_the_overlapped_kernel_exactly(m, n, k, group_size, frac
     pw, x = _inputs(SEED + m + group_size, m, n, k, fraction, (torch.float16, torch.bfloat16)[m % 2], group_size)
     schedule = for_mixllm(pick(arch, m, n, k, group_size, round(fraction * n), sm_count(device)), k, group_size, arch)
     assert schedule.overlap or arch != "sm_90a"
+    assert (schedule.split_k > 1) == (n <= 4096) or arch != "sm_90a"
     assert _check(x, pw) == 0.0, f"MIXKERN_SEED={SEED}"
 
 
@@ -157,14 +167,15 @@ def test_grouped_activation_quantization_is_the_reference_rule(k, group, dtype):
 
 @pytest.mark.parametrize("m", [1, 3, 16, 77])
 def test_a_non_finite_token_poisons_only_its_own_row(m):
-    from mixkern.kernels.launch import gemm_cuda
+    from mixkern.kernels.launch import chain_slices, gemm_cuda
     pw, x = _inputs(m, m, 700, 4096, 0.1, torch.float16)
     x[0, 17] = float("nan")
     y = gemm_cuda(x, pw)
     assert not torch.isfinite(y[0]).any()
     if m > 1:
         xq, a = quantize_for(x[1:], pw)
-        assert torch.equal(y[1:], reference_gemm_quantized(xq, a, pw, x.dtype))
+        split = chain_slices(m, pw, x.device)  # the kernel ran for m tokens
+        assert torch.equal(y[1:], reference_gemm_quantized(xq, a, pw, x.dtype, split_k=split))
 
 
 def test_mixlinear_and_cuda_graph_run_the_mixllm_kernels():
@@ -172,7 +183,7 @@ def test_mixlinear_and_cuda_graph_run_the_mixllm_kernels():
     pw, x = _inputs(3, 5, 1536, 1536, 0.1, torch.bfloat16)
     layer = mixkern.MixLinear(pw)
     xq, a = quantize_for(x, pw)
-    ref = reference_gemm_quantized(xq, a, pw, x.dtype)
+    ref = _reference(xq, a, pw, x.dtype)
     assert torch.equal(layer(x), ref)
     static_x = x.clone()
     layer(static_x)
@@ -182,4 +193,4 @@ def test_mixlinear_and_cuda_graph_run_the_mixllm_kernels():
     static_x.copy_(x.flip(0))
     graph.replay()
     xq, a = quantize_for(x.flip(0), pw)
-    assert torch.equal(y, reference_gemm_quantized(xq, a, pw, x.dtype))
+    assert torch.equal(y, _reference(xq, a, pw, x.dtype))

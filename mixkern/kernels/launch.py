@@ -23,7 +23,7 @@ from .act_quant_grouped import act_quant_grouped
 from .decode_gemv import decode_gemv
 from .int8_gemm import int8_gemm
 from .mixed_gemm import epilogue, mixed_gemm
-from .mixllm_gemm import mixllm_gemm
+from .mixllm_gemm import mixllm_gemm, split_sum
 from .overlapped_decode import overlapped_decode_gemm
 from .overlapped_mixllm_gemm import overlapped_mixllm_gemm
 from .mixllm_gemv import mixllm_gemv
@@ -101,6 +101,7 @@ def build(kind: str, arch: str, *args):
     """The TileLang PrimFunc of one kernel.  Kinds and their args: 'mma', 'gemv', 'mixllm_mma'
     and 'mixllm_gemv' (k, group_size, schedule, dtype, has4, has8), 'act' (k, dtype[, zeroes a
     split-K workspace]), 'act_group' (k, activation group, dtype), 'epi' (dtype, has4),
+    'mixllm_sum' (split_k, dtype),
     'predecode' (k, group_size, mixllm, has4, has8), 'int8_gemm' (k, schedule, dtype[, activation
     group, group_size for mixllm])."""
     if kind == "mma":
@@ -117,6 +118,8 @@ def build(kind: str, arch: str, *args):
         return act_quant_grouped(*args)
     if kind == "epi":
         return epilogue(*args)
+    if kind == "mixllm_sum":
+        return split_sum(*args)
     if kind == "gemv":
         return decode_gemv(*args)
     if kind == "act":
@@ -180,8 +183,11 @@ def _mixllm_jobs(arch: str, k: int, group_size: int, schedule: AnySchedule, dtyp
                 ("int8_gemm", arch, k, schedule, dtype, span, group_size)]
     kind = "mixllm_gemv" if isinstance(schedule, GemvSchedule) else "mixllm_mma"
     main = (kind, arch, k, group_size, schedule, dtype, has4, has8)
-    fused = isinstance(schedule, GemvSchedule) and schedule.fused
-    return [main] if fused else [("act_group", arch, k, span, dtype), main]
+    if isinstance(schedule, GemvSchedule) and schedule.fused:
+        return [main]
+    if isinstance(schedule, Schedule) and schedule.split_k > 1:  # K slices into a float32 workspace, summed in order
+        return [("act_group", arch, k, span, dtype), main, ("mixllm_sum", arch, schedule.split_k, dtype)]
+    return [("act_group", arch, k, span, dtype), main]
 
 
 def kernel_jobs_any_split(arch: str, k: int, group_size: int, schedule: AnySchedule, dtype: str,
@@ -260,14 +266,16 @@ class _Plan:
     once per shape and schedule, so a repeated call costs one cache lookup, the output and
     the launches -- no schedule pick, kernel-cache hashing or weight validation."""
 
-    __slots__ = ("act", "main", "epi", "predecode", "words", "empty4", "empty8", "span", "mixllm", "group_size")
+    __slots__ = ("act", "main", "epi", "predecode", "words", "empty4", "empty8", "span", "mixllm", "group_size",
+                 "split_k")
 
     def __init__(self, arch: str, device: torch.device, k: int, group_size: int, has4: bool, has8: bool,
                  schedule: AnySchedule, dtype: torch.dtype, fmt: WeightFormat = WeightFormat.PROGRESSIVE):
         jobs = kernel_jobs(arch, k, group_size, schedule, TL_DTYPES[dtype], has4, has8, fmt)
         kernels = {job[0]: _launcher(compiled(*job)) for job in jobs}
         self.act = kernels.get("act") or kernels.get("act_group")  # none: a fused decode kernel
-        self.epi, self.predecode = kernels.get("epi"), kernels.get("predecode")
+        self.epi, self.predecode = kernels.get("epi") or kernels.get("mixllm_sum"), kernels.get("predecode")
+        self.split_k = next((job[2] for job in jobs if job[0] == "mixllm_sum"), 1)  # mixllm's fp32 K slices
         self.main = next(kernels[kind] for kind in ("gemv", "mma", "mixllm_gemv", "mixllm_mma", "int8_gemm")
                          if kind in kernels)
         self.words = isinstance(schedule, GemvSchedule)
@@ -296,7 +304,12 @@ class _Plan:
         if self.act is None:  # the fused decode kernel quantizes x itself ('a' is its scratch)
             self.main(_aligned(x), _scales(x, self.span), *rows4, *rows8, y)
             return y
-        if self.epi is not None:  # split-K (progressive only): exact int32 partial sums, then one epilogue pass
+        if self.epi is not None and self.mixllm:  # split-K: each K slice's fp32 chain, then their sum in order
+            ws = torch.empty(self.split_k * m, n, dtype=torch.float32, device=x.device)  # every element written
+            self.main(*_quantize(self.act, x, self.span), *rows4, *rows8, ws)
+            self.epi(ws, y)
+            return y
+        if self.epi is not None:  # split-K: exact int32 partial sums, then one epilogue pass
             acc = torch.empty(m, n, dtype=torch.int32, device=x.device)
             xq, a = _quantize(self.act, x, self.span, acc)  # which zeroes acc: no memset launch
             self.main(xq, a, *rows4, *rows8, acc)
@@ -391,6 +404,17 @@ def prepare(m: int, k: int, dtype: torch.dtype, device: torch.device, idx4, idx8
     def launch(x: torch.Tensor) -> torch.Tensor:
         return run(x, n, rows4, rows8)
     return launch
+
+
+def chain_slices(m: int, pw: PackedWeight, device: torch.device, schedule: AnySchedule | None = None) -> int:
+    """The K slices of the mixllm fp32 chain that ``gemm_cuda`` runs for M tokens (1 for the
+    progressive format, whose split-K sums are exact): a bit-exact check passes it to
+    :func:`mixkern.reference.reference_gemm_quantized` as ``split_k``."""
+    if pw.format is not WeightFormat.MIXLLM:
+        return 1
+    (n, k), n8, arch = pw.shape, pw.idx8.shape[0], arch_of(device)
+    schedule = schedule or pick(arch, m, n, k, pw.group_size, n8, sm_count(device))
+    return getattr(for_mixllm(schedule, k, pw.group_size, arch, pw.idx4.shape[0] > 0, n8 > 0), "split_k", 1)
 
 
 def gemm_cuda(x: torch.Tensor, pw: PackedWeight, schedule: AnySchedule | None = None,

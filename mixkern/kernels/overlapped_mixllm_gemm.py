@@ -14,7 +14,9 @@ rows (FullCol) and per group:
 
 Waiting for all once per group keeps ptxas from serializing the wgmma (see
 :mod:`.overlapped_promotion`).  The promotion is the format's chain, bit-equal to the
-reference and to :mod:`.mixllm_gemm`.  Tile 64 x 128: three 64 x 64 fragments a thread.
+reference and to :mod:`.mixllm_gemm`, split over K or not (grid z: each slice's chain into
+the float32 workspace, :func:`.mixllm_gemm.split_sum` adds them in order).  Tiles 64 x 128 or
+128 x 128: three 64 x 64 or 128 x 64 fragments a thread (two int32 partials, the fp32 sum).
 """
 
 import tilelang.language as T
@@ -23,7 +25,7 @@ from ..format import WeightFormat
 from ..schedules import Schedule
 from .int4_decode import DECODE_BARRIER, DECODE_SOURCE, int4_decode_tile, stage_scales, tile_groups
 from .mixed_gemm import DTYPES
-from .mixllm_gemm import column_store
+from .mixllm_gemm import column_store, launch_entry
 from .promote import promote
 
 PRODUCER_THREADS = 128
@@ -36,10 +38,13 @@ def overlapped_mixllm_gemm(k: int, group_size: int, schedule: Schedule, out_dtyp
     span = WeightFormat.MIXLLM.act_group_size(group_size)
     s = schedule
     bm, bn, bk, stages = s.block_m, s.block_n, s.block_k, s.stages
-    if (bm, bn, s.threads, s.split_k, bk) != (64, 128, 256, 1, span):
-        raise ValueError(f"{s}: the overlapped mixllm kernel runs 64 x 128 tiles on 256 threads, one group per K tile")
+    if bm not in (64, 128) or (bn, s.threads, bk) != (128, 256, span) or (k // span) % s.split_k:
+        raise ValueError(f"{s}: the overlapped mixllm kernel runs 64 or 128 x 128 tiles on 256 threads, one group per K "
+                         f"tile, split_k dividing the {k // span} groups")
     m, n4, n8, n_total = T.dynamic("m"), T.dynamic("n4"), T.dynamic("n8"), T.dynamic("n_total")
-    g, groups, out = k // group_size, k // span, DTYPES[out_dtype]
+    groups = k // span // s.split_k  # this K slice's activation groups (all of K unless split)
+    split = s.split_k > 1
+    out = "float32" if split else DTYPES[out_dtype]
     blocks4 = T.ceildiv(n4, bn) if has4 else 0
     blocks8 = T.ceildiv(n8, bn) if has8 else 0
     decode_tile = int4_decode_tile(bk, group_size, 128, bn // 2, unit_scale=True, staged_scales=True)
@@ -47,18 +52,18 @@ def overlapped_mixllm_gemm(k: int, group_size: int, schedule: Schedule, out_dtyp
     policy = T.GemmWarpPolicy.FullCol
 
     @T.macro
-    def produce(X, Wt, A, S, Z, X_s, W_s, a_s, s_s, z_s, full, empty, row0, rows, by, packed):
-        for j in T.serial(groups):
+    def produce(X, Wt, A, S, Z, X_s, W_s, a_s, s_s, z_s, full, empty, row0, rows, by, bz, packed):
+        for j in T.serial(groups):  # slot j % stages; the layer's activation group bz * groups + j
             T.mbarrier_wait_parity(empty[j % stages], (j // stages) % 2 ^ 1)
-            kw = bk // 2 if packed else bk
-            T.tma_copy(X[by * bm:(by + 1) * bm, j * bk:(j + 1) * bk], X_s[j % stages, :, :], barrier=full[j % stages])
-            T.tma_copy(Wt[row0:row0 + bn, j * kw:(j + 1) * kw], W_s[j % stages, :, :], barrier=full[j % stages])
+            kw, jg = (bk // 2 if packed else bk), bz * groups + j
+            T.tma_copy(X[by * bm:(by + 1) * bm, jg * bk:(jg + 1) * bk], X_s[j % stages, :, :], barrier=full[j % stages])
+            T.tma_copy(Wt[row0:row0 + bn, jg * kw:(jg + 1) * kw], W_s[j % stages, :, :], barrier=full[j % stages])
             for i in T.Parallel(bm):
-                a_s[j % stages, i] = A[T.min(by * bm + i, m - 1), j]
+                a_s[j % stages, i] = A[T.min(by * bm + i, m - 1), jg]
             for c in T.Parallel(bn):
-                s_s[j % stages, c] = T.Cast("float32", S[T.min(row0 + c, rows - 1), j * span // group_size])
+                s_s[j % stages, c] = T.Cast("float32", S[T.min(row0 + c, rows - 1), jg * span // group_size])
             if packed:
-                stage_zeros(None, Z, None, z_s, j % stages, row0, j * bk, rows)
+                stage_zeros(None, Z, None, z_s, j % stages, row0, jg * bk, rows)
             T.barrier_arrive(full[j % stages])  # release: the scale stores above are seen by the waiters
 
     @T.macro
@@ -114,14 +119,11 @@ def overlapped_mixllm_gemm(k: int, group_size: int, schedule: Schedule, out_dtyp
         else:
             retire(groups - 1, acc0, acc_f, a_s, s_s, empty)
 
-    store = column_store(bm, bn, m, out)
+    store = column_store(bm, bn, m, out, 256)
 
-    @T.prim_func
-    def main(X: T.Tensor((m, k), "int8"), A: T.Tensor((m, groups), "float32"),
-             W4: T.Tensor((n4, k // 2), "uint8"), Z: T.Tensor((n4, g), "uint8"), S4: T.Tensor((n4, g), "float16"),
-             I4: T.Tensor((n4,), "int32"), W8: T.Tensor((n8, k), "int8"), S8: T.Tensor((n8, g), "float16"),
-             I8: T.Tensor((n8,), "int32"), Y: T.Tensor((m, n_total), out)):
-        with T.Kernel(blocks4 + blocks8, T.ceildiv(m, bm), threads=256 + PRODUCER_THREADS) as (bx, by):
+    @T.macro
+    def body(X, A, W4, Z, S4, I4, W8, S8, I8, Y):
+        with T.Kernel(blocks4 + blocks8, T.ceildiv(m, bm), s.split_k, threads=256 + PRODUCER_THREADS) as (bx, by, bz):
             T.import_source(DECODE_SOURCE)
             X_s = T.alloc_shared((stages, bm, bk), "int8")
             a_s = T.alloc_shared((stages, bm), "float32")
@@ -138,21 +140,21 @@ def overlapped_mixllm_gemm(k: int, group_size: int, schedule: Schedule, out_dtyp
                 z_s = T.alloc_shared((stages, tile_groups(bk, group_size), bn), "uint8")
                 if tx >= 256:
                     T.set_max_nreg(PRODUCER_REGS, 0)
-                    produce(X, W4, A, S4, Z, X_s, P_s, a_s, s_s, z_s, full, empty, bx * bn, n4, by, True)
+                    produce(X, W4, A, S4, Z, X_s, P_s, a_s, s_s, z_s, full, empty, bx * bn, n4, by, bz, True)
                 else:
                     T.set_max_nreg(CONSUMER_REGS, 1)
                     T.clear(acc_f)
                     consume(X_s, D_s, P_s, z_s, acc0, acc1, acc_f, a_s, s_s, full, empty, True)
-                    store(acc_f, I4, Y, n4, bx * bn, by)
+                    store(acc_f, I4, Y, n4, bx * bn, by, bz * m)
             else:
                 W_s = T.alloc_shared((stages, bn, bk), "int8")
                 if tx >= 256:
                     T.set_max_nreg(PRODUCER_REGS, 0)
-                    produce(X, W8, A, S8, None, X_s, W_s, a_s, s_s, None, full, empty, (bx - blocks4) * bn, n8, by, False)
+                    produce(X, W8, A, S8, None, X_s, W_s, a_s, s_s, None, full, empty, (bx - blocks4) * bn, n8, by, bz, False)
                 else:
                     T.set_max_nreg(CONSUMER_REGS, 1)
                     T.clear(acc_f)
                     consume(X_s, W_s, None, None, acc0, acc1, acc_f, a_s, s_s, full, empty, False)
-                    store(acc_f, I8, Y, n8, (bx - blocks4) * bn, by)
+                    store(acc_f, I8, Y, n8, (bx - blocks4) * bn, by, bz * m)
 
-    return main
+    return launch_entry(body, k, group_size, out_dtype, split, (m, n4, n8, n_total))

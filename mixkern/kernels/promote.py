@@ -21,6 +21,10 @@ def fmul_rn(a, b):
     return T.call_extern("float32", "__fmul_rn", a, b)
 
 
+def fadd_rn(a, b):
+    return T.call_extern("float32", "__fadd_rn", a, b)
+
+
 def fmaf_rn(a, b, c):
     return T.call_extern("float32", "__fmaf_rn", a, b, c)
 

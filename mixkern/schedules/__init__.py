@@ -216,13 +216,18 @@ def for_mixllm(schedule: AnySchedule, k: int, group_size: int, arch: str,
                has4: bool = True, has8: bool = True) -> AnySchedule:
     """The mixllm kernels' version of a schedule picked for the progressive format.  Decode
     schedules carry over.  A tensor-core schedule takes one activation group per K tile
-    (block_k = A) and no split-K (it would reorder the format's fp32 chain); a predecoded one
-    takes the overlapped-promotion kernel's 128 x 128 tile on Hopper where the progressive pick
-    had 128-row tiles (its grid fills the GPU), else 64 x 128; an overlapped-decode one (Hopper,
-    split over K or not) takes the overlapped mixllm kernel's 64 x 128 tile; any other in-loop one halves block_m
+    (block_k = A); a predecoded one takes the overlapped-promotion kernel's 128 x 128 tile on
+    Hopper where the progressive pick had 128-row tiles (its grid fills the GPU), else 64 x 128,
+    no split-K; an overlapped-decode one (Hopper) takes the overlapped mixllm kernel: 128 x 128
+    where the pick had 128-row tiles and no split, else 64 x 128 split over K so that its grid
+    has as many blocks as the pick's (half the splits of a 128-row pick: twice the row blocks).
+    On the H100 at 96..160 tokens the 128-row tile took 28672 x 8192 from 214-219 to 157-165
+    us and lost where the pick was split (4096 x 4096: 25 -> 29 us; docs/kernels.md).  Any
+    other in-loop one keeps its split and halves block_m
     while the two accumulators (int32 partial + fp32) would pass
     :data:`MIXLLM_MAX_ACC_PER_THREAD` each per thread, then sheds stages, then block_m, to fit
-    shared memory."""
+    shared memory.  Splits halve until they divide K / A (:func:`fit`); the format's split-K
+    contract keeps the result deterministic (:mod:`mixkern.format`)."""
     if isinstance(schedule, GemvSchedule):
         schedule.check(k, group_size)
         return schedule
@@ -233,13 +238,16 @@ def for_mixllm(schedule: AnySchedule, k: int, group_size: int, arch: str,
     if schedule.predecode:  # the promotion's accumulators allow 64 x 128 a warpgroup; 128 rows where the grid fills the GPU
         wide = hopper and schedule.block_m >= 128
         fixed = Schedule(*((128, 128, span, 5, 256) if wide else (64, 128, span, 4, 128)), predecode=True)
-    elif schedule.overlap and hopper:  # the overlapped mixllm kernel, split or not (at N = 4096 it beat the in-loop tiles)
-        fixed = Schedule(64, 128, span, 4, 256, overlap=True)
+    elif schedule.overlap and hopper:  # the overlapped mixllm kernel (at N = 4096 it beat the in-loop tiles)
+        if schedule.block_m >= 128 and schedule.split_k == 1:  # a grid that fills the GPU unsplit: 128 rows
+            fixed = Schedule(128, 128, span, 4, 256, overlap=True)
+        else:
+            fixed = Schedule(64, 128, span, 4, 256, max(1, schedule.split_k * 64 // schedule.block_m), overlap=True)
     if fixed is not None:
-        s = fixed.fitted(arch, has4, has8)
+        s = fit(fixed, k, group_size).fitted(arch, has4, has8)
         s.check(k, group_size)
         return s
-    s = Schedule(**{**asdict(schedule), "block_k": span, "split_k": 1, "overlap": False})
+    s = fit(Schedule(**{**asdict(schedule), "block_k": span, "overlap": False}), k, group_size)
     limit = SHARED_BYTES.get(arch.split("+")[0], 99 * 1024)
     while s.block_m > 16 and s.block_m * s.block_n // s.threads > MIXLLM_MAX_ACC_PER_THREAD:
         s = Schedule(**{**asdict(s), "block_m": s.block_m // 2})
