@@ -77,6 +77,7 @@ def mixllm_jobs() -> list[tuple]:
     jobs += [j for arch in ARCHS for has4, has8 in PRECISION_SPLITS for s in MIXLLM_OVERLAPPED
              for j in kernel_jobs(arch, 4096, 128, s, "float16", has4, has8, "mixllm")]
     jobs += [j for arch in ARCHS for j in kernel_jobs(arch, 3584, 64, MIXLLM_OVERLAPPED[1], "bfloat16", fmt="mixllm")]
+    jobs += [j for arch in ARCHS for j in kernel_jobs(arch, 14336, 128, GemvSchedule(4, 2, 16), "float16", fmt="mixllm")]
     jobs += [j for arch in ARCHS for i, k in enumerate(ODD_K)
              for j in kernel_jobs(arch, k, 128, fit(STRUCTURAL[i % len(STRUCTURAL)], k, 128), "float16", fmt="mixllm")]
     return list(dict.fromkeys(jobs))

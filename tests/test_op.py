@@ -262,6 +262,23 @@ def test_a_prepared_launch_makes_the_ops_launches(recorded_launches, monkeypatch
     assert calls[-1][1][-1] is y and y.shape == (m, 24)
 
 
+def test_mixllm_few_tokens_at_long_k_take_the_split_tile_with_byte_weights(recorded_launches):
+    """A multi-token GEMV pick at K >= 4096 runs mixllm's 32 x 64 tensor-core tile split over K
+    (for_mixllm): the packed weights go in as the very uint8 tensors (the GEMV's int32 words
+    would be refused by the tile's dtype check), then the slices' sum into y."""
+    from mixkern.schedules import GemvSchedule
+    launch, calls, compiles = recorded_launches
+    pw = quantize_weight(torch.randn(40, 4096), [2, 9], 128, "mixllm")
+    x = torch.randn(16, 4096, dtype=torch.float16)
+    y = launch.gemm_cuda(x, pw, GemvSchedule(4, 2, 16), "sm_90a")
+    assert [kind for kind, _ in calls] == ["act_group", "mixllm_mma", "mixllm_sum"]
+    tile = next(c for c in compiles if c[0] == "mixllm_mma")[4]
+    assert (tile.block_m, tile.block_n, tile.split_k) == (32, 64, 4)
+    main = calls[1][1]
+    assert main[2] is pw.qweight4 and main[6] is pw.qweight8 and main[-1].shape == (4 * 16, 40)
+    assert calls[-1][1] == (main[-1], y)
+
+
 @pytest.mark.parametrize("case", range(4))
 @pytest.mark.parametrize("eight", [None, [0, 3, 17], "all"])
 @pytest.mark.parametrize("group_size", [64, 128, 256])

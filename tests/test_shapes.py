@@ -82,6 +82,27 @@ def test_heuristic_schedules_run_any_shape_and_fill_small_grids(m, n, k, fractio
         assert not small_grid or raw.split_k > 1  # a grid under half a block per SM at long K splits K
 
 
+@given(m=st.integers(1, 4096), n=st.integers(1, 1 << 15), k=st.integers(1, 1024).map(lambda v: 64 * v),
+       group_size=st.sampled_from([64, 128, 256]), fraction=st.floats(0, 1), arch=st.sampled_from(ARCHS))
+def test_mixllm_schedules_take_one_activation_group_per_k_tile_and_split_whole_groups(m, n, k, group_size, fraction, arch):
+    """for_mixllm maps any pick to a mixllm kernel that runs this K: tensor-core tiles one
+    activation group deep, K slices of whole groups (the format's split-K contract), the
+    multi-token GEMV replaced by the 32 x 64 tile from K = 4096 (its fp32 chain on CUDA cores)."""
+    from mixkern.format import WeightFormat
+    from mixkern.schedules import MIXLLM_FEW_TOKENS_MIN_K, for_mixllm
+    if k % group_size:
+        k = group_size * max(1, k // group_size)
+    n8 = round(fraction * n)
+    s = for_mixllm(pick(arch, m, n, k, group_size, n8), k, group_size, arch, n8 < n, n8 > 0)
+    s.check(k, group_size)
+    span = WeightFormat.MIXLLM.act_group_size(group_size)
+    if isinstance(s, GemvSchedule):
+        assert s.tokens < 8 or k < MIXLLM_FEW_TOKENS_MIN_K
+    else:
+        assert s.block_k == span and (k // span) % s.split_k == 0
+        assert not s.predecode or s.split_k == 1
+
+
 @given(n=st.integers(1, 30000), k=st.integers(1, 512).map(lambda v: 128 * v), fraction=st.floats(0, 1))
 def test_warmup_token_counts_reach_every_choice(n, k, fraction):
     n8 = round(fraction * n)

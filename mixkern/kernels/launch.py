@@ -278,7 +278,7 @@ class _Plan:
         self.split_k = next((job[2] for job in jobs if job[0] == "mixllm_sum"), 1)  # mixllm's fp32 K slices
         self.main = next(kernels[kind] for kind in ("gemv", "mma", "mixllm_gemv", "mixllm_mma", "int8_gemm")
                          if kind in kernels)
-        self.words = isinstance(schedule, GemvSchedule)
+        self.words = any(job[0] in ("gemv", "mixllm_gemv") for job in jobs)  # for_mixllm may map a GEMV to a tile
         self.span = fmt.act_group_size(group_size)  # None: one activation scale per token
         self.mixllm, self.group_size = fmt is WeightFormat.MIXLLM, group_size
         empty = _empty_rows(device, k, group_size, self.words, self.mixllm)

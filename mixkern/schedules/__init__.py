@@ -210,6 +210,18 @@ def fit(schedule: AnySchedule, k: int, group_size: int) -> AnySchedule:
 
 
 MIXLLM_MAX_ACC_PER_THREAD = 64  # fp32 + int32 accumulators per thread: 128 registers at this cap
+MIXLLM_FEW_TOKENS_MIN_K = 4096  # from here 5..16 tokens take few_tokens_tile instead of the GEMV (mixllm)
+
+
+def few_tokens_tile(k: int) -> Schedule:
+    """mixllm at 5..16 tokens where the progressive pick is the multi-token GEMV (N < 8192): a
+    32 x 64 tensor-core tile, K split in up to four slices of at least 1024.  On the H100 (10%
+    8-bit) the GEMV took 93-108 us on 4096 x 14336 at 8 / 16 tokens, this tile 36 (progressive
+    43); 4096 x 4096: 15.6 / 24.4 us against 15.9 / 16.1 (docs/kernels.md)."""
+    split = 1
+    while split < 4 and k // (2 * split) >= 1024:
+        split *= 2
+    return Schedule(32, 64, 128, 4, 128, split)
 
 
 def for_mixllm(schedule: AnySchedule, k: int, group_size: int, arch: str,
@@ -228,11 +240,13 @@ def for_mixllm(schedule: AnySchedule, k: int, group_size: int, arch: str,
     :data:`MIXLLM_MAX_ACC_PER_THREAD` each per thread, then sheds stages, then block_m, to fit
     shared memory.  Splits halve until they divide K / A (:func:`fit`); the format's split-K
     contract keeps the result deterministic (:mod:`mixkern.format`)."""
+    from ..format import WeightFormat
+    span = WeightFormat.MIXLLM.act_group_size(group_size)
+    if isinstance(schedule, GemvSchedule) and schedule.tokens >= 8 and k >= MIXLLM_FEW_TOKENS_MIN_K:
+        schedule = few_tokens_tile(k)  # mixllm's multi-token GEMV runs the fp32 chain on CUDA cores
     if isinstance(schedule, GemvSchedule):
         schedule.check(k, group_size)
         return schedule
-    from ..format import WeightFormat
-    span = WeightFormat.MIXLLM.act_group_size(group_size)
     hopper = arch.startswith("sm_90")
     fixed = None  # the mixllm kernels with one tile each
     if schedule.predecode:  # the promotion's accumulators allow 64 x 128 a warpgroup; 128 rows where the grid fills the GPU
