@@ -2,6 +2,7 @@
 (cold L2 each call), 10% 8-bit rows, group 128, fp16 x -> fp16 y, activation quantization included.
 
     python scripts/format_speed.py [4096x4096,14336x4096,...]      # H100: ~4 min for 4 shapes x 7 M
+    MS=8,16 python scripts/format_speed.py 4096x14336                # other token counts
 
 Prints a markdown table; writes every time to $OUT/fmt_speed.json (or /tmp).  The full
 benchmark with peers is ``python -m mixkern.bench --formats progressive mixllm``.
@@ -14,7 +15,7 @@ from mixkern.schedules import pick
 from mixkern.warmup import compile_jobs
 shapes = [tuple(map(int, s.split("x"))) for s in (sys.argv[1].split(",") if len(sys.argv) > 1 else
           ["4096x4096", "1024x4096", "14336x4096", "4096x14336", "8192x8192", "28672x8192", "8192x28672"])]
-ms = [1, 4, 16, 64, 256, 1024, 4096]
+ms = [int(v) for v in os.environ.get("MS", "1,4,16,64,256,1024,4096").split(",")]
 dev = torch.device("cuda"); arch, sms = arch_of(dev), sm_count(dev)
 jobs = [j for n, k in shapes for m in ms for f in ("progressive", "mixllm")
         for j in kernel_jobs(arch, k, 128, pick(arch, m, n, k, 128, n // 10, sms), "float16", True, True, f)]

@@ -136,6 +136,25 @@ def test_mid_prompts_run_the_overlapped_kernel_exactly(m, n, k, group_size, frac
     assert _check(x, pw) == 0.0, f"MIXKERN_SEED={SEED}"
 
 
+FEW_TOKEN_CASES = [(5, 4096, 14336, 128), (16, 4000, 4096, 128), (13, 1000, 8192, 128), (8, 3000, 4608, 256),
+                   (16, 2000, 4096, 64)]
+
+
+@pytest.mark.parametrize("m, n, k, group_size", FEW_TOKEN_CASES, ids=lambda v: str(v))
+@pytest.mark.parametrize("fraction", SPLITS)
+def test_few_tokens_at_long_k_run_the_split_tile_exactly(m, n, k, group_size, fraction):
+    """5..16 tokens at K >= 4096 where the progressive pick is the multi-token GEMV: mixllm runs
+    the 32 x 64 tensor-core tile split over K (for_mixllm), bit-equal in its K slices."""
+    from mixkern.kernels.launch import arch_of, sm_count
+    from mixkern.schedules import Schedule, for_mixllm, pick
+    device = torch.device("cuda")
+    arch = arch_of(device)
+    pw, x = _inputs(SEED + m + k, m, n, k, fraction, (torch.float16, torch.bfloat16)[m % 2], group_size)
+    schedule = for_mixllm(pick(arch, m, n, k, group_size, round(fraction * n), sm_count(device)), k, group_size, arch)
+    assert isinstance(schedule, Schedule) and (schedule.block_m, schedule.split_k) == (32, 4)
+    assert _check(x, pw) == 0.0, f"MIXKERN_SEED={SEED}"
+
+
 @pytest.mark.parametrize("n, k", _model_layers(), ids=lambda v: str(v))
 def test_real_model_layers(n, k):
     """Every layer shape of Qwen2.5-1.5B and -7B (fused q/k/v and gate/up included), 10% 8-bit
