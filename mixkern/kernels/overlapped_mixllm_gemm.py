@@ -32,24 +32,14 @@ PRODUCER_THREADS = 128
 PRODUCER_REGS, CONSUMER_REGS = 40, 232  # 128 * 40 + 256 * 232 <= 65,536
 
 
-def overlapped_mixllm_gemm(k: int, group_size: int, schedule: Schedule, out_dtype: str = "float16",
-                           has4: bool = True, has8: bool = True):
-    """TileLang prim_func with :func:`.mixllm_gemm.mixllm_gemm`'s launch arguments."""
-    span = WeightFormat.MIXLLM.act_group_size(group_size)
-    s = schedule
+def _producer(s: Schedule, group_size: int, groups: int, m):
+    """The producer warpgroup's macro: per group j of the block's K slice, wait for slot j % stages
+    to be free, TMA the X tile and the weight tile (packed codes or int8) into it, load the
+    group's activation and weight scales and the 4-bit rows' zero points (strided in memory:
+    plain loads), then arrive on the slot's ``full`` barrier, which publishes them."""
     bm, bn, bk, stages = s.block_m, s.block_n, s.block_k, s.stages
-    if bm not in (64, 128) or (bn, s.threads, bk) != (128, 256, span) or (k // span) % s.split_k:
-        raise ValueError(f"{s}: the overlapped mixllm kernel runs 64 or 128 x 128 tiles on 256 threads, one group per K "
-                         f"tile, split_k dividing the {k // span} groups")
-    m, n4, n8, n_total = T.dynamic("m"), T.dynamic("n4"), T.dynamic("n8"), T.dynamic("n_total")
-    groups = k // span // s.split_k  # this K slice's activation groups (all of K unless split)
-    split = s.split_k > 1
-    out = "float32" if split else DTYPES[out_dtype]
-    blocks4 = T.ceildiv(n4, bn) if has4 else 0
-    blocks8 = T.ceildiv(n8, bn) if has8 else 0
-    decode_tile = int4_decode_tile(bk, group_size, 128, bn // 2, unit_scale=True, staged_scales=True)
+    span = WeightFormat.MIXLLM.act_group_size(group_size)
     stage_zeros = stage_scales(bn, bk, group_size, unit_scale=True)
-    policy = T.GemmWarpPolicy.FullCol
 
     @T.macro
     def produce(X, Wt, A, S, Z, X_s, W_s, a_s, s_s, z_s, full, empty, row0, rows, by, bz, packed):
@@ -65,6 +55,17 @@ def overlapped_mixllm_gemm(k: int, group_size: int, schedule: Schedule, out_dtyp
             if packed:
                 stage_zeros(None, Z, None, z_s, j % stages, row0, jg * bk, rows)
             T.barrier_arrive(full[j % stages])  # release: the scale stores above are seen by the waiters
+
+    return produce
+
+
+def _consumer(s: Schedule, group_size: int, groups: int, n4):
+    """The consumer warpgroups' macro: issue(j) -> retire(j - 1) -> decode(j + 1) -> wait, over the
+    block's ``groups`` activation groups, the two int32 fragments alternating; retire promotes
+    a group into the fp32 fragment (the format's chain) and frees its ring slot."""
+    bm, bn, bk, stages = s.block_m, s.block_n, s.block_k, s.stages
+    decode_tile = int4_decode_tile(bk, group_size, 128, bn // 2, unit_scale=True, staged_scales=True)
+    policy = T.GemmWarpPolicy.FullCol
 
     @T.macro
     def decode(j, P_s, D_s, z_s, full):
@@ -101,7 +102,6 @@ def overlapped_mixllm_gemm(k: int, group_size: int, schedule: Schedule, out_dtyp
 
     @T.macro
     def consume(X_s, B_s, P_s, z_s, acc0, acc1, acc_f, a_s, s_s, full, empty, packed):
-        """issue(j) -> retire(j - 1) -> decode(j + 1) -> wait, fragments alternating."""
         if packed:
             decode(0, P_s, B_s, z_s, full)
         issue(0, acc0, X_s, B_s, full, packed)
@@ -119,7 +119,25 @@ def overlapped_mixllm_gemm(k: int, group_size: int, schedule: Schedule, out_dtyp
         else:
             retire(groups - 1, acc0, acc_f, a_s, s_s, empty)
 
-    store = column_store(bm, bn, m, out, 256)
+    return consume
+
+
+def overlapped_mixllm_gemm(k: int, group_size: int, schedule: Schedule, out_dtype: str = "float16",
+                           has4: bool = True, has8: bool = True):
+    """TileLang prim_func with :func:`.mixllm_gemm.mixllm_gemm`'s launch arguments."""
+    span = WeightFormat.MIXLLM.act_group_size(group_size)
+    s = schedule
+    bm, bn, bk, stages = s.block_m, s.block_n, s.block_k, s.stages
+    if bm not in (64, 128) or (bn, s.threads, bk) != (128, 256, span) or (k // span) % s.split_k:
+        raise ValueError(f"{s}: the overlapped mixllm kernel runs 64 or 128 x 128 tiles on 256 threads, one group per K "
+                         f"tile, split_k dividing the {k // span} groups")
+    m, n4, n8, n_total = T.dynamic("m"), T.dynamic("n4"), T.dynamic("n8"), T.dynamic("n_total")
+    groups = k // span // s.split_k  # this K slice's activation groups (all of K unless split)
+    split = s.split_k > 1
+    blocks4 = T.ceildiv(n4, bn) if has4 else 0
+    blocks8 = T.ceildiv(n8, bn) if has8 else 0
+    produce, consume = _producer(s, group_size, groups, m), _consumer(s, group_size, groups, n4)
+    store = column_store(bm, bn, m, "float32" if split else DTYPES[out_dtype], 256)
 
     @T.macro
     def body(X, A, W4, Z, S4, I4, W8, S8, I8, Y):
