@@ -13,7 +13,7 @@ import torch
 import mixkern
 import mixkern.schedules.heuristic as H
 from mixkern import peers
-from mixkern.bench import _clone_packed, _rotated_ms, copies_needed
+from mixkern.bench import _rotated_ms, rotated_operands
 from mixkern.kernels import launch as L
 from mixkern.reference import quantize_for, reference_gemm_quantized
 from mixkern.schedules import pick
@@ -64,20 +64,17 @@ def main() -> int:
 
 def _time_case(n, k, m, wh, pws, peer):
     """({column: us}, all outputs bit-equal) for one shape and token count."""
-    dev = wh.device
-    c = copies_needed(n * k // 2 + m * k * 2)
-    xs = [torch.randn(m, k, device=dev, dtype=torch.float16) for _ in range(c)]
-    whs = [wh.clone() for _ in range(min(c, max(2, int(150e6 // (n * k * 2)))))]
+    c, xs, whs, cps = rotated_operands(wh, m, pws)
     t = {"fp16": _rotated_ms(lambda i: xs[i] @ whs[i % len(whs)].T, c) * 1e3,
          "peer": _rotated_ms(lambda i: peer(xs[i]), c) * 1e3 if peer else float("nan")}
     exact = True
     for f, pw in pws.items():
-        cps = [pw] + [_clone_packed(pw) for _ in range(c - 1)]
-        ref = reference_gemm_quantized(*quantize_for(xs[0], pw), pw, torch.float16)
         for on in (True, False):
-            use_stop24_rule(on)
+            use_stop24_rule(on)  # mixllm's reference follows the K slices of the rule's pick
+            ref = reference_gemm_quantized(*quantize_for(xs[0], pw), pw, torch.float16,
+                                           split_k=L.chain_slices(m, pw, wh.device))
             exact &= torch.equal(mixkern.gemm(xs[0], pw), ref)
-            t[f, on] = _rotated_ms(lambda i: mixkern.gemm(xs[i], cps[i]), c) * 1e3
+            t[f, on] = _rotated_ms(lambda i: mixkern.gemm(xs[i], cps[f][i]), c) * 1e3
     use_stop24_rule(False)
     return t, exact
 
