@@ -95,6 +95,17 @@ def rotated_operands(wh: torch.Tensor, m: int, packed: dict) -> tuple[int, list,
     return c, xs, whs, {name: [pw] + [_clone_packed(pw) for _ in range(c - 1)] for name, pw in packed.items()}
 
 
+def format_times(wh: torch.Tensor, m: int, packed: dict) -> tuple[dict, tuple]:
+    """Microseconds per op at M tokens, cold L2 (:func:`rotated_operands`): cuBLAS fp16 as
+    'fp16' and ``mixkern.gemm`` per packed weight of ``packed``; and the operands
+    (copies, xs, whs, packed copies), for timing more variants on the same ones."""
+    from .ops import gemm
+    c, xs, whs, cps = rotated_operands(wh, m, packed)
+    t = {"fp16": _rotated_ms(lambda i: xs[i] @ whs[i % len(whs)].T, c) * 1e3}
+    t.update({f: _rotated_ms(lambda i: gemm(xs[i], cp[i]), c) * 1e3 for f, cp in cps.items()})
+    return t, (c, xs, whs, cps)
+
+
 def warm_compile_cache(arch: str, plan: dict, dtypes=("float16",), group_size: int = 128,
                        formats=("progressive",)):
     """Compile, in parallel processes, every kernel of the schedules in ``plan`` ({K: schedules})."""

@@ -8,8 +8,7 @@ Prints a markdown table; writes every time to $OUT/fmt_speed.json (or /tmp).  Th
 benchmark with peers is ``python -m mixkern.bench --formats progressive mixllm``.
 """
 import sys, torch, json, os
-import mixkern
-from mixkern.bench import _rotated_ms, random_layer, rotated_operands
+from mixkern.bench import format_times, random_layer
 from mixkern.kernels.launch import arch_of, kernel_jobs, sm_count
 from mixkern.schedules import pick
 from mixkern.warmup import compile_jobs
@@ -26,10 +25,9 @@ print("|---|---:|---:|---:|---:|---:|---:|")
 for n, k in shapes:
     wh, pws = random_layer(n, k, dev)
     for m in ms:
-        c, xs, whs, cps = rotated_operands(wh, m, pws)
-        t16 = _rotated_ms(lambda i: xs[i] @ whs[i % len(whs)].T, c) * 1e3
-        t = {f: _rotated_ms(lambda i: mixkern.gemm(xs[i], copies[i]), c) * 1e3 for f, copies in cps.items()}
-        row = dict(n=n, k=k, m=m, fp16=t16, **t)
+        t, _ = format_times(wh, m, pws)
+        t16 = t["fp16"]
+        row = dict(n=n, k=k, m=m, **t)
         rows.append(row)
         print(f"| {n}x{k} | {m} | {t16:.1f} | {t['progressive']:.1f} | {t['mixllm']:.1f} | "
               f"{t['progressive'] / t['mixllm']:.2f}x | {t16 / t['mixllm']:.2f}x |", flush=True)

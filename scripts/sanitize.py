@@ -1,6 +1,6 @@
 """Run every kernel kind once on small, awkward shapes (for compute-sanitizer memcheck / racecheck).
 
-    compute-sanitizer --tool memcheck python scripts/sanitize.py [--predecode | --overlap | --split]
+    compute-sanitizer --tool memcheck python scripts/sanitize.py [--decode | --predecode | --overlap | --split]
 Each case is checked against the exact reference after the run; exit status 1 on a mismatch.
 """
 import sys
@@ -32,8 +32,10 @@ if "--split" in sys.argv:  # only the split-K cases (int32 atomics; mixllm: floa
     CASES = [c for c in CASES if isinstance(c[2], Schedule) and c[2].split_k > 1]
 if "--predecode" in sys.argv:  # only the predecoded GEMM's cases
     CASES = [c for c in CASES if isinstance(c[2], Schedule) and c[2].predecode]
-FORMATS = {s: ("progressive", "mixllm") if s.predecode or s.overlap or s.split_k > 1 else ("progressive",)
-           for _, _, s in CASES if isinstance(s, Schedule)}
+if "--decode" in sys.argv:  # only the decode kernels' cases (mixllm runs each pick plain: for_mixllm)
+    CASES = [c for c in CASES if isinstance(c[2], GemvSchedule)]
+FORMATS = {s: ("progressive", "mixllm") if isinstance(s, GemvSchedule) or s.predecode or s.overlap or s.split_k > 1
+           else ("progressive",) for _, _, s in CASES}
 if "--compile" in sys.argv:  # fill the kernel cache in parallel first (outside the sanitizer)
     from mixkern.bench import warm_compile_cache
     from mixkern.kernels.launch import arch_of

@@ -29,6 +29,7 @@ STRUCTURAL = (  # one schedule per code path: plain / fused / streamed GEMV, sma
     GemvSchedule(4, 2, 1), GemvSchedule(8, 4, 1, 4, True), GemvSchedule(8, 1, 4), Schedule(16, 64, 128, 4, 128),
     Schedule(64, 64, 128, 3, 128, 4), Schedule(256, 128, 128, 3, 256), Schedule(64, 128, 128, 4, 256, overlap=True),
     Schedule(64, 128, 128, 4, 128, predecode=True), Schedule(128, 256, 128, 3, 256, predecode=True))
+TOKENS_OUTER = GemvSchedule(2, 4, 16)  # decode with more tokens than rows: the dot loops run tokens outer
 BF16 = STRUCTURAL[1::2] + STRUCTURAL[6::2]  # half the code paths, and both overlapped kernels
 MIXLLM_OVERLAPPED = (Schedule(128, 128, 128, 4, 256, 4, overlap=True),  # mixllm: 64 x 128, K in two slices
                      Schedule(128, 128, 128, 4, 256, overlap=True))  # mixllm: 128 x 128
@@ -63,6 +64,7 @@ def structural_jobs() -> list[tuple]:
     jobs = [j for arch in ARCHS for s in STRUCTURAL for has4, has8 in PRECISION_SPLITS
             for j in kernel_jobs(arch, 4096, 128, s, "float16", has4, has8)]
     jobs += [j for arch in ARCHS for s in BF16 for j in kernel_jobs(arch, 4096, 128, s, "bfloat16")]
+    jobs += [j for arch in ARCHS for j in kernel_jobs(arch, 2048, 128, TOKENS_OUTER, "float16")]
     return list(dict.fromkeys(jobs))
 
 
@@ -78,6 +80,7 @@ def mixllm_jobs() -> list[tuple]:
              for j in kernel_jobs(arch, 4096, 128, s, "float16", has4, has8, "mixllm")]
     jobs += [j for arch in ARCHS for j in kernel_jobs(arch, 3584, 64, MIXLLM_OVERLAPPED[1], "bfloat16", fmt="mixllm")]
     jobs += [j for arch in ARCHS for j in kernel_jobs(arch, 14336, 128, GemvSchedule(4, 2, 16), "float16", fmt="mixllm")]
+    jobs += [j for arch in ARCHS for j in kernel_jobs(arch, 2048, 128, TOKENS_OUTER, "float16", fmt="mixllm")]
     jobs += [j for arch in ARCHS for i, k in enumerate(ODD_K)
              for j in kernel_jobs(arch, k, 128, fit(STRUCTURAL[i % len(STRUCTURAL)], k, 128), "float16", fmt="mixllm")]
     return list(dict.fromkeys(jobs))

@@ -91,7 +91,7 @@ def _reference(xq, a, pw, dtype, schedule=None):
 @pytest.mark.parametrize("group_size", GROUPS)
 @pytest.mark.parametrize("m", [1, 3, 16, 77])
 def test_every_code_path_is_bit_exact(schedule, group_size, m):
-    """Each code path (fused / plain / multi-token decode, small and large tensor-core tiles; a
+    """Each code path (one- and multi-token decode, fused picks run plain; small and large tensor-core tiles; a
     split-K schedule into a float32 workspace summed in order), each weight group (activation groups 64, 128),
     every precision mix and dtype, on awkward M and N; split-K schedules split."""
     from mixkern.schedules import fit

@@ -283,11 +283,12 @@ def test_mixllm_few_tokens_at_long_k_take_the_split_tile_with_byte_weights(recor
 @pytest.mark.parametrize("eight", [None, [0, 3, 17], "all"])
 @pytest.mark.parametrize("group_size", [64, 128, 256])
 def test_mixllm_launch_passes_each_kernel_its_arguments(recorded_launches, case, eight, group_size):
-    """mixllm on CUDA, checked on CPU: grouped activation quantization (a: (M, K / A)) unless
-    the decode kernel fuses it, then the mixllm decode or tensor-core kernel (one K tile per
+    """mixllm on CUDA, checked on CPU: grouped activation quantization (a: (M, K / A)), then
+    the mixllm decode kernel (a fused decode pick runs plain: for_mixllm) or tensor-core kernel (one K tile per
     activation group) with 4-bit rows (qweight, zeros, fp16 scales, idx) and 8-bit rows
     (qweight, fp16 group scales, idx); split over K, the tensor-core kernel writes each slice's
     float32 accumulators into a (slices * M, N) workspace and the sum kernel adds them into y."""
+    from mixkern.schedules import GemvSchedule
     launch, calls, compiles = recorded_launches
     schedule = _launch_cases()[case]
     pw = quantize_weight(torch.randn(24, 512), eight, group_size, "mixllm")
@@ -295,12 +296,13 @@ def test_mixllm_launch_passes_each_kernel_its_arguments(recorded_launches, case,
     span = min(group_size, 128)
     y = launch.gemm_cuda(x, pw, schedule, "sm_90a")
     kinds = [kind for kind, _ in calls]
-    assert kinds == (["mixllm_gemv"] if case == 0 else ["act_group", "mixllm_gemv" if case == 1 else "mixllm_mma"]
-                     + ["mixllm_sum"] * (case == 3))
+    assert kinds == ["act_group", "mixllm_gemv" if case < 2 else "mixllm_mma"] + ["mixllm_sum"] * (case == 3)
     main_job = next(c for c in compiles if c[0] == ("mixllm_gemv" if case < 2 else "mixllm_mma"))
     if case >= 2:
         assert main_job[4].block_k == span and main_job[4].split_k == (2 if case == 3 else 1)
-    main = calls[1 if case else 0][1]
+    else:
+        assert main_job[4] == GemvSchedule()  # the fused pick's plain form
+    main = calls[1][1]
     for got, want in zip(main[2:9], (pw.qweight4, pw.zeros4, pw.scales4, pw.idx4, pw.qweight8, pw.scale8, pw.idx8)):
         if want.numel():
             assert got is want or (got.data_ptr() == want.data_ptr() and got.view(want.dtype).shape == want.shape)
@@ -311,9 +313,6 @@ def test_mixllm_launch_passes_each_kernel_its_arguments(recorded_launches, case,
     else:
         assert main[-1] is y
     assert y.shape == (3, 24)
-    if case == 0:
-        assert main[0] is x and main[1].shape == (3, 512 // span)
-    else:
-        act = calls[0][1]
-        assert act[0] is x and act[2].shape == (3, 512 // span) and main[1] is act[2]
-        assert compiles[0] == ("act_group", "sm_90a", 512, span, "bfloat16")
+    act = calls[0][1]
+    assert act[0] is x and act[2].shape == (3, 512 // span) and main[1] is act[2]
+    assert compiles[0] == ("act_group", "sm_90a", 512, span, "bfloat16")

@@ -87,7 +87,8 @@ def test_heuristic_schedules_run_any_shape_and_fill_small_grids(m, n, k, fractio
 def test_mixllm_schedules_take_one_activation_group_per_k_tile_and_split_whole_groups(m, n, k, group_size, fraction, arch):
     """for_mixllm maps any pick to a mixllm kernel that runs this K: tensor-core tiles one
     activation group deep, K slices of whole groups (the format's split-K contract), the
-    multi-token GEMV replaced by the 32 x 64 tile from K = 4096 (its fp32 chain on CUDA cores)."""
+    multi-token GEMV replaced by the 32 x 64 tile from K = 4096 (its fp32 chain on CUDA cores),
+    any other decode pick in its plain form."""
     from mixkern.format import WeightFormat
     from mixkern.schedules import MIXLLM_FEW_TOKENS_MIN_K, for_mixllm
     if k % group_size:
@@ -98,6 +99,7 @@ def test_mixllm_schedules_take_one_activation_group_per_k_tile_and_split_whole_g
     span = WeightFormat.MIXLLM.act_group_size(group_size)
     if isinstance(s, GemvSchedule):
         assert s.tokens < 8 or k < MIXLLM_FEW_TOKENS_MIN_K
+        assert not s.streamed  # mixllm's decode kernel runs plain schedules
     else:
         assert s.block_k == span and (k // span) % s.split_k == 0
         assert not s.predecode or s.split_k == 1

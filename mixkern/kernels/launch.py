@@ -174,8 +174,8 @@ def kernel_jobs(arch: str, k: int, group_size: int, schedule: AnySchedule, dtype
 
 def _mixllm_jobs(arch: str, k: int, group_size: int, schedule: AnySchedule, dtype: str,
                  has4: bool, has8: bool) -> list[tuple]:
-    """mixllm: the grouped activation quantization (unless the decode kernel fuses it), then
-    the decode or tensor-core kernel with one K tile per activation group."""
+    """mixllm: the grouped activation quantization, then the decode or tensor-core kernel with
+    one K tile per activation group (and the split-K sum, or the predecode and int8 GEMM)."""
     schedule = for_mixllm(schedule, k, group_size, arch, has4, has8)
     span = WeightFormat.MIXLLM.act_group_size(group_size)
     if isinstance(schedule, Schedule) and schedule.predecode:
@@ -183,8 +183,6 @@ def _mixllm_jobs(arch: str, k: int, group_size: int, schedule: AnySchedule, dtyp
                 ("int8_gemm", arch, k, schedule, dtype, span, group_size)]
     kind = "mixllm_gemv" if isinstance(schedule, GemvSchedule) else "mixllm_mma"
     main = (kind, arch, k, group_size, schedule, dtype, has4, has8)
-    if isinstance(schedule, GemvSchedule) and schedule.fused:
-        return [main]
     if isinstance(schedule, Schedule) and schedule.split_k > 1:  # K slices into a float32 workspace, summed in order
         return [("act_group", arch, k, span, dtype), main, ("mixllm_sum", arch, schedule.split_k, dtype)]
     return [("act_group", arch, k, span, dtype), main]

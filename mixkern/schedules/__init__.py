@@ -227,7 +227,9 @@ def few_tokens_tile(k: int) -> Schedule:
 def for_mixllm(schedule: AnySchedule, k: int, group_size: int, arch: str,
                has4: bool = True, has8: bool = True) -> AnySchedule:
     """The mixllm kernels' version of a schedule picked for the progressive format.  Decode
-    schedules carry over.  A tensor-core schedule takes one activation group per K tile
+    schedules keep rows, warps and tokens but run plain: a separate activation-quantization
+    launch and one row group per block (on the H100 the fused / chunked picks ran mixllm at
+    0.75-0.94x of progressive at one token, their plain forms at 0.92-1.09x; docs/kernels.md).  A tensor-core schedule takes one activation group per K tile
     (block_k = A); a predecoded one takes the overlapped-promotion kernel's 128 x 128 tile on
     Hopper where the progressive pick had 128-row tiles (its grid fills the GPU), else 64 x 128,
     no split-K; an overlapped-decode one (Hopper) takes the overlapped mixllm kernel: 128 x 128
@@ -244,7 +246,8 @@ def for_mixllm(schedule: AnySchedule, k: int, group_size: int, arch: str,
     span = WeightFormat.MIXLLM.act_group_size(group_size)
     if isinstance(schedule, GemvSchedule) and schedule.tokens >= 8 and k >= MIXLLM_FEW_TOKENS_MIN_K:
         schedule = few_tokens_tile(k)  # mixllm's multi-token GEMV runs the fp32 chain on CUDA cores
-    if isinstance(schedule, GemvSchedule):
+    if isinstance(schedule, GemvSchedule):  # plain: fused and streamed blocks lost to it for mixllm (H100, stop 28)
+        schedule = GemvSchedule(schedule.rows, schedule.warps, schedule.tokens)
         schedule.check(k, group_size)
         return schedule
     hopper = arch.startswith("sm_90")
