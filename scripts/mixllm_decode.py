@@ -5,8 +5,8 @@ fp16 (CUDA graphs, rotated operands: cold L2, 10% 8-bit rows), and a sweep of de
     python scripts/mixllm_decode.py TAG check speed [sweep]     # H100: ~1.5 min; with sweep ~5 min
     MS=1,2,3,4 ...                                               # token counts (default 1,2,4)
 
-TAG names the run in the table and in $OUT/gv_TAG.json (every sweep time included); run it once
-per checkout to compare two (docs/kernels.md, "mixllm decode at 1-4 tokens").
+TAG names the run in the table and in $OUT/gv_TAG.json (every sweep time included); an earlier
+checkout is timed with its own scripts/format_speed.py (docs/kernels.md, "mixllm decode at 1-4 tokens").
 """
 import os, sys, json, time, itertools, torch
 import mixkern
