@@ -32,6 +32,22 @@ def _scaled(acc, a, s, out: str):
 STORE_BARRIER = 6  # named barrier of the threads holding a tile, in its store (the decode's are 7..)
 
 
+def stage_columns(bn: int, consumers: int):
+    """A macro staging a tile's ``bn`` column indices ``Idx[col0 + j]`` (inside the precision's
+    ``rows``) into ``idx_s``, and their scales ``S`` into ``s_s`` unless those are None: one load
+    a thread of the ``consumers`` holding the tile (the in-loop stores' shared first step)."""
+
+    @T.macro
+    def stage(idx_s, s_s, Idx, S, rows, col0, tx):
+        for t in T.serial(-(-bn // consumers)):
+            if t * consumers + tx < bn and col0 + t * consumers + tx < rows:
+                idx_s[t * consumers + tx] = Idx[col0 + t * consumers + tx]
+                if s_s is not None:
+                    s_s[t * consumers + tx] = S[col0 + t * consumers + tx]
+
+    return stage
+
+
 def tile_store(bm: int, bn: int, m, out: str, split: bool = False, consumers: int = 128):
     """A macro writing a (bm, bn) int32 tile into its features' original columns of Y through the
     format's epilogue (:func:`_scaled`), inside M and the precision's rows:
@@ -52,6 +68,7 @@ def tile_store(bm: int, bn: int, m, out: str, split: bool = False, consumers: in
                 if by * bm + i < m and col0 + j < rows:
                     T.atomic_add(Acc[by * bm + i, acc_col0 + col0 + j], acc[i, j])
         return add
+    stage = stage_columns(bn, consumers)
 
     @T.macro
     def store(acc, A, S, Idx, Y, Acc, rows, col0, acc_col0, by):
@@ -60,10 +77,7 @@ def tile_store(bm: int, bn: int, m, out: str, split: bool = False, consumers: in
         a_s = T.alloc_shared((bm,), "float32")
         tx = T.get_thread_binding()
         T.sync_threads(STORE_BARRIER, consumers)  # the staging may reuse the main loop's shared memory
-        for t in T.serial(-(-bn // consumers)):
-            if t * consumers + tx < bn and col0 + t * consumers + tx < rows:
-                idx_s[t * consumers + tx] = Idx[col0 + t * consumers + tx]
-                s_s[t * consumers + tx] = S[col0 + t * consumers + tx]
+        stage(idx_s, s_s, Idx, S, rows, col0, tx)
         for t in T.serial(-(-bm // consumers)):
             if t * consumers + tx < bm and by * bm + t * consumers + tx < m:
                 a_s[t * consumers + tx] = A[by * bm + t * consumers + tx]

@@ -22,7 +22,7 @@ import tilelang.language as T
 from ..format import WeightFormat
 from ..schedules import Schedule
 from .int4_decode import DECODE_BARRIER, DECODE_SOURCE, consumer_groups, int4_decode_tile
-from .mixed_gemm import DTYPES, STORE_BARRIER
+from .mixed_gemm import DTYPES, STORE_BARRIER, stage_columns
 from .promote import fadd_rn, promote
 
 
@@ -31,18 +31,17 @@ def column_store(bm: int, bn: int, m, out: str, consumers: int):
     in-loop kernels' epilogue): ``Y[row0 + row, Idx[col]] = out(acc_f)`` inside M and the
     precision's rows -- Y is the output, or with split-K the float32 workspace of the K slices,
     slice ``s`` at rows ``row0 = s * M``.  As in :func:`.mixed_gemm.tile_store`, the tile's
-    column indices go to shared memory first (one load a thread, after a barrier of the
-    ``consumers`` threads holding the tile: the buffer may overlay the main loop's), so no
-    store waits on its own index load."""
+    column indices go to shared memory first (:func:`.mixed_gemm.stage_columns`, after a
+    barrier of the ``consumers`` threads holding the tile: the buffer may overlay the main
+    loop's), so no store waits on its own index load."""
+    stage = stage_columns(bn, consumers)
 
     @T.macro
     def store(acc_f, Idx, Y, rows, col0, by, row0):
         idx_s = T.alloc_shared((bn,), "int32")
         tx = T.get_thread_binding()
         T.sync_threads(STORE_BARRIER, consumers)
-        for t in T.serial(-(-bn // consumers)):
-            if t * consumers + tx < bn and col0 + t * consumers + tx < rows:
-                idx_s[t * consumers + tx] = Idx[col0 + t * consumers + tx]
+        stage(idx_s, None, Idx, None, rows, col0, tx)
         T.sync_threads(STORE_BARRIER, consumers)
         for i, j in T.Parallel(bm, bn):
             if by * bm + i < m and col0 + j < rows:

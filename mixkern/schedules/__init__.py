@@ -229,8 +229,8 @@ def for_mixllm(schedule: AnySchedule, k: int, group_size: int, arch: str,
     """The mixllm kernels' version of a schedule picked for the progressive format.  Decode
     schedules keep rows, warps and tokens but run plain: a separate activation-quantization
     launch and one row group per block (on the H100 the fused / chunked picks ran mixllm at
-    0.75-0.94x of progressive at one token, their plain forms at 0.92-1.09x; docs/kernels.md).  A tensor-core schedule takes one activation group per K tile
-    (block_k = A); a predecoded one takes the overlapped-promotion kernel's 128 x 128 tile on
+    0.75-0.94x of progressive at one token, their plain forms at 0.92-1.09x; docs/kernels.md).
+    A tensor-core schedule takes one activation group per K tile (block_k = A); a predecoded one takes the overlapped-promotion kernel's 128 x 128 tile on
     Hopper where the progressive pick had 128-row tiles (its grid fills the GPU), else 64 x 128,
     no split-K; an overlapped-decode one (Hopper) takes the overlapped mixllm kernel: 128 x 128
     where the pick had 128-row tiles and no split, else 64 x 128 split over K so that its grid
