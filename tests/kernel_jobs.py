@@ -31,6 +31,8 @@ STRUCTURAL = (  # one schedule per code path: plain / fused / streamed GEMV, sma
     Schedule(64, 128, 128, 4, 128, predecode=True), Schedule(128, 256, 128, 3, 256, predecode=True))
 TOKENS_OUTER = GemvSchedule(2, 4, 16)  # decode with more tokens than rows: the dot loops run tokens outer
 BF16 = STRUCTURAL[1::2] + STRUCTURAL[6::2]  # half the code paths, and both overlapped kernels
+WIDE_OVERLAPPED = (Schedule(192, 128, 128, 4, 256, overlap=True),  # Hopper, 129..384 tokens: one tile decodes once
+                   Schedule(256, 128, 128, 4, 256, 2, overlap=True))  # for up to 256 token rows
 MIXLLM_OVERLAPPED = (Schedule(128, 128, 128, 4, 256, 4, overlap=True),  # mixllm: 64 x 128, K in two slices
                      Schedule(128, 128, 128, 4, 256, overlap=True))  # mixllm: 128 x 128
 
@@ -65,6 +67,8 @@ def structural_jobs() -> list[tuple]:
             for j in kernel_jobs(arch, 4096, 128, s, "float16", has4, has8)]
     jobs += [j for arch in ARCHS for s in BF16 for j in kernel_jobs(arch, 4096, 128, s, "bfloat16")]
     jobs += [j for arch in ARCHS for j in kernel_jobs(arch, 2048, 128, TOKENS_OUTER, "float16")]
+    jobs += [j for s in WIDE_OVERLAPPED for has4, has8 in PRECISION_SPLITS
+             for j in kernel_jobs("sm_90a", 4096, 128, s, "float16", has4, has8)]
     return list(dict.fromkeys(jobs))
 
 

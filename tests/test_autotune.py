@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from mixkern.autotune.__main__ import main, model_shapes
 from mixkern.autotune.space import candidates, prune_reason
 from mixkern.schedules import (M_BUCKETS, SHARED_BYTES, TABLE_VERSION, GemvSchedule, Schedule, bucket, fit,
-                               load_table, pick, schedule_from_dict, table_path)
+                               load_table, pick, schedule_from_dict, schedule_from_key, table_path)
 from mixkern.schedules.heuristic import choose, every_schedule, overlapped, predecoded
 
 ARCHS = ("sm_80", "sm_90a")
@@ -183,3 +183,16 @@ def test_compile_only_builds_a_small_space(gpu, capsys):
     captured = capsys.readouterr()
     assert "| 1 | 512x256 | 2 |" in captured.out and "| 256 | 512x256 | 2 |" in captured.out
     assert "0 candidate compile errors" in captured.err
+
+
+@given(s=st.builds(Schedule, st.sampled_from([16, 64, 192, 256]), st.sampled_from([64, 128, 256]), st.sampled_from([64, 128]),
+                   st.integers(2, 5), st.sampled_from([128, 256]), st.sampled_from([1, 2, 8]), st.booleans(), st.booleans())
+       | st.builds(GemvSchedule, st.integers(1, 8), st.integers(1, 8), st.integers(1, 16), st.integers(1, 64), st.booleans()))
+def test_a_schedule_key_names_its_schedule(s):
+    """Scripts and the command line name schedules by key (scripts/tile_sweep.py --tiles)."""
+    assert schedule_from_key(s.key) == s
+
+
+def test_a_malformed_schedule_key_is_refused():
+    with pytest.raises(ValueError, match="not a schedule key"):
+        schedule_from_key("bm128_bn128")

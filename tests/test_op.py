@@ -231,7 +231,7 @@ def test_launch_picks_once_per_shape(recorded_launches, monkeypatch):
     pw = quantize_weight(torch.randn(24, 256), [5], 128)
     for m in (1, 1, 1, 7, 7):
         launch.gemm_cuda(torch.randn(m, 256, dtype=torch.float16), pw, arch="sm_90a")
-    assert [a[1] for a in picks] == [1, 7] and picks[0] == ("sm_90a", 1, 24, 256, 128, 1, 132)
+    assert [a[1] for a in picks] == [1, 7] and picks[0] == ("sm_90a", 1, 24, 256, 128, 1, 132, 256)
 
 
 @pytest.mark.parametrize("fmt", ["progressive", "mixllm"])

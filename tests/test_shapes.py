@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 import mixkern
 from mixkern.format import MAX_IN_FEATURES
 from mixkern.schedules import GemvSchedule, Schedule, pick
-from mixkern.schedules.heuristic import choose, distinct_token_counts
+from mixkern.schedules.heuristic import choose, distinct_token_counts, overlapped, predecoded
 from mixkern.shapes import CONFIGS, DecoderConfig, layer_shapes, shardings
 
 ARCHS = ("sm_90a", "sm_80")
@@ -123,38 +123,68 @@ def test_tensor_core_tiles_only_beyond_decode_or_for_wide_layers():
 
 
 @given(m=st.integers(1, 400), n=st.integers(1, 1 << 16), k_tiles=st.integers(1, 160), fraction=st.floats(0, 1),
-       sms=st.sampled_from([None, 16, 108, 132]))
-def test_mid_prompts_overlap_the_decode_where_its_grid_fills_the_gpu(m, n, k_tiles, fraction, sms):
-    """17..191 tokens on sm_90a: the overlapped-decode tile (64 rows up to 64 tokens, else 128
+       sms=st.sampled_from([None, 16, 108, 132]), rows=st.sampled_from([128, 256]))
+def test_mid_prompts_overlap_the_decode_where_its_grid_fills_the_gpu(m, n, k_tiles, fraction, sms, rows):
+    """17..128 tokens on sm_90a: the overlapped-decode tile (64 rows up to 64 tokens, else 128
     rows, else 64) whose grid of 4-bit and 8-bit tiles, split over K by the least power of two
-    (<= 8, >= 1024 a slice) that reaches it, fills 0.7 of a wave; elsewhere, and on sm_80,
-    never; the tables never override it."""
+    (<= 8, >= 1024 a slice) that reaches it, fills 0.7 of a wave; 129..384 tokens: a 128-, 192-
+    or 256-row tile (64 or 128 for a format whose overlapped kernel takes 128 rows, and then only
+    up to 256 tokens), the least split that fills the wave, the lowest (waves x (rows + 128) x
+    slice) of them -- unless the predecoded GEMM applies and K is split into slices under 3072;
+    elsewhere, and on sm_80, never; the tables never override it."""
     k, n8 = 128 * k_tiles, round(fraction * n)
-    s = choose("sm_90a", m, n, k, 128, n8, sms)
+    s = choose("sm_90a", m, n, k, 128, n8, sms, rows)
     waves = sms or 132
 
     def blocks(bm):
         return -(-m // bm) * (-(-(n - n8) // 128) + -(-n8 // 128))
 
-    def least_split(bm):
+    def least_split(bm, fill=True):
         splits = [sp for sp in (1, 2, 4, 8) if k % (128 * sp) == 0 and (sp == 1 or k // sp >= 1024)]
-        return next((sp for sp in splits if blocks(bm) * sp >= 0.7 * waves), None)
-    mid = 17 <= m < 192
-    want_bm = next((bm for bm in ((64,) if m <= 64 else (128, 64)) if least_split(bm)), None) if mid else None
-    assert getattr(s, "overlap", False) == (want_bm is not None)
-    if want_bm is not None:
-        assert (s.block_m, s.block_n, s.split_k) == (want_bm, 128, least_split(want_bm))
-        assert s == pick("sm_90a", m, n, k, 128, n8, sms)
-    assert not getattr(choose("sm_80", m, n, k, 128, n8, sms), "overlap", False)
+        return next((sp for sp in splits if blocks(bm) * sp >= 0.7 * waves), None if fill else splits[-1])
+
+    def cost(bm):
+        sp = least_split(bm, fill=False)
+        return -(-blocks(bm) * sp // waves) * (bm + 128) * k / sp, sp
+    want = None
+    if 17 <= m <= 128:
+        want = next(((bm, least_split(bm)) for bm in ((64,) if m <= 64 else (128, 64)) if least_split(bm)), None)
+    elif 129 <= m <= min(384, 2 * rows):
+        want = min(((bm, cost(bm)[1]) for bm in (64, 128, 192, 256) if bm <= rows), key=lambda t: cost(t[0])[0])
+        if predecoded("sm_90a", m, n, waves) and want[1] > 1 and k // want[1] < 3072:
+            want = None
+    assert getattr(s, "overlap", False) == (want is not None)
+    if want is not None:
+        assert (s.block_m, s.block_n, s.split_k) == (*want[:1], 128, want[1])
+        assert s == pick("sm_90a", m, n, k, 128, n8, sms, rows)
+    assert not getattr(choose("sm_80", m, n, k, 128, n8, sms, rows), "overlap", False)
+
+
+@pytest.mark.parametrize("n, k, m, key", [
+    (14336, 4096, 192, "bm192_bn128_bk128_s4_t256_sk1_ov"),  # H100: 49.4 us, predecoded 78.6
+    (4096, 14336, 256, "bm256_bn128_bk128_s4_t256_sk4_ov"),  # 65.2 us, predecoded 89.3
+    (8192, 28672, 384, "bm192_bn128_bk128_s4_t256_sk1_ov"),  # 222.6 us, predecoded 347.7
+    (1024, 4096, 256, "bm128_bn128_bk128_s4_t256_sk4_ov"),  # 21.7 us, the in-loop tile 33.6
+    (4096, 4096, 256, "bm64_bn128_bk128_s4_t128_sk1_pd"),  # slices of 1024: predecoded 27.2 us, overlapped 38.6
+    (4096, 4096, 384, "bm64_bn128_bk128_s4_t128_sk1_pd"),  # slices of 2048: predecoded 38.1 us, overlapped 42.7
+    (14336, 4096, 512, "bm128_bn256_bk128_s3_t256_sk1_pd"),  # past 384 tokens: predecoded 108.5 us, overlapped 121.1
+])
+def test_wide_overlapped_tiles_where_the_h100_sweep_found_them_fastest(n, k, m, key):
+    """The rule's picks on cells of the stop-29 sweep (scripts/tile_sweep.py; docs/kernels.md)."""
+    assert choose("sm_90a", m, n, k, 128, n // 10, 132).key == key
 
 
 @given(m=st.integers(1, 1 << 15), n=st.integers(1, 1 << 16), sms=st.sampled_from([None, 16, 108, 132]))
 def test_long_prompts_run_predecoded_where_the_epilogue_and_grid_allow(m, n, sms):
     """From 192 tokens, N a multiple of 8 and half a wave of 64 x 128 tiles: the predecoded GEMM,
-    its widest tile that fills 0.8 of a wave, never split over K; the tables never override it."""
+    its widest tile that fills 0.8 of a wave, never split over K -- but up to 384 tokens only
+    where the overlapped decode would split K = 4096 (slices under 2048); the tables never
+    override it."""
     s = choose("sm_90a", m, n, 4096, 128, n // 10, sms)
     waves = sms or 132
     want = m >= 192 and n % 8 == 0 and 2 * -(-m // 64) * -(-n // 128) >= waves
+    if m <= 384:
+        want = want and overlapped("sm_90a", m, n, 4096, n // 10, waves).split_k > 1  # slices <= 2048
     if m > 16:
         assert isinstance(s, Schedule) and s.predecode == want
     else:

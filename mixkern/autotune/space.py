@@ -40,8 +40,9 @@ def _mma_space(bucket: int) -> list[Schedule]:
     else:
         grid = dict(bm=(64, 128, 256), bn=(128, 256), bk=(64, 128), st=(2, 3, 4), th=(128, 256), sk=(1,))
     in_loop = [Schedule(*v) for v in itertools.product(*grid.values())]
+    rows = (64,) if bucket <= 64 else (64, 128, 192, 256)
     overlapped = [Schedule(bm, 128, 128, st, 256, overlap=True)
-                  for bm, st in itertools.product((64, 128) if bucket > 64 else (64,), (3, 4))] if bucket >= 64 else []
+                  for bm, st in itertools.product(rows, (3, 4))] if bucket >= 64 else []
     in_loop += overlapped
     if bucket <= 64:
         return in_loop

@@ -16,7 +16,7 @@ import torch
 from tilelang import tvm
 
 from ..format import PackedWeight, WeightFormat
-from ..schedules import AnySchedule, GemvSchedule, Schedule, for_mixllm, pick
+from ..schedules import AnySchedule, GemvSchedule, Schedule, for_mixllm, overlap_rows, pick
 from . import ir_cache
 from .act_quant import act_quant
 from .act_quant_grouped import act_quant_grouped
@@ -352,7 +352,7 @@ def _picked_plan(arch: str, device: torch.device, m: int, n: int, k: int, group_
                  dtype: torch.dtype, fmt: WeightFormat) -> _Plan:
     """The plan of the schedule ``pick`` chooses, keyed by everything that choice depends on
     (M exactly: the heuristic looks at more than M's bucket)."""
-    schedule = pick(arch, m, n, k, group_size, n8, sm_count(device))
+    schedule = pick(arch, m, n, k, group_size, n8, sm_count(device), overlap_rows(fmt))
     return _plan(arch, device, k, group_size, has4, n8 > 0, schedule, dtype, fmt)
 
 
@@ -411,7 +411,7 @@ def chain_slices(m: int, pw: PackedWeight, device: torch.device, schedule: AnySc
     if pw.format is not WeightFormat.MIXLLM:
         return 1
     (n, k), n8, arch = pw.shape, pw.idx8.shape[0], arch_of(device)
-    schedule = schedule or pick(arch, m, n, k, pw.group_size, n8, sm_count(device))
+    schedule = schedule or pick(arch, m, n, k, pw.group_size, n8, sm_count(device), overlap_rows(pw.format))
     return getattr(for_mixllm(schedule, k, pw.group_size, arch, pw.idx4.shape[0] > 0, n8 > 0), "split_k", 1)
 
 

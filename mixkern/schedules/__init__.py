@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 
@@ -150,6 +151,21 @@ def schedule_from_dict(d: dict) -> AnySchedule:
     return GemvSchedule(**d) if "rows" in d else Schedule(**d)
 
 
+_KEY = re.compile(r"bm(\d+)_bn(\d+)_bk(\d+)_s(\d+)_t(\d+)_sk(\d+)(_pd)?(_ov)?|gemv_r(\d+)_w(\d+)_t(\d+)(?:_c(\d+))?(_f)?")
+
+
+def schedule_from_key(key: str) -> AnySchedule:
+    """The schedule a :attr:`Schedule.key` / :attr:`GemvSchedule.key` names (scripts and the
+    command line name schedules this way); ValueError for anything else."""
+    hit = _KEY.fullmatch(key)
+    if hit is None:
+        raise ValueError(f"{key!r} is not a schedule key such as bm128_bn128_bk128_s4_t256_sk1_ov or gemv_r8_w4_t1_c4_f")
+    g = hit.groups()
+    if g[0] is not None:
+        return Schedule(*map(int, g[:6]), predecode=bool(g[6]), overlap=bool(g[7]))
+    return GemvSchedule(int(g[8]), int(g[9]), int(g[10]), int(g[11] or 1), bool(g[12]))
+
+
 def bucket(m: int) -> int:
     return next(b for b in M_BUCKETS if m <= b)
 
@@ -181,17 +197,29 @@ def table_key(m: int, n: int, k: int) -> str:
 
 
 @lru_cache(maxsize=4096)
-def pick(arch: str, m: int, n: int, k: int, group_size: int = 128, n8: int = 0, sms: int | None = None) -> AnySchedule:
+def pick(arch: str, m: int, n: int, k: int, group_size: int = 128, n8: int = 0, sms: int | None = None,
+         overlap_rows: int = 256) -> AnySchedule:
     """The schedule for an (M, N, K) layer on ``arch`` (N = all output features, ``n8`` of them
-    8-bit, ``sms`` the GPU's SM count): the tuned table's entry, else the shape-aware
-    heuristic of :mod:`.heuristic`; made runnable for this K by :func:`fit`."""
+    8-bit, ``sms`` the GPU's SM count, ``overlap_rows`` the format's :func:`overlap_rows`): the
+    tuned table's entry, else the shape-aware heuristic of :mod:`.heuristic`; made runnable for
+    this K by :func:`fit`."""
     from .heuristic import choose, overlapped, predecoded, sm_count
     tuned = load_table(arch, timed_only=True).get(table_key(m, n, k))
     if tuned is not None and predecoded(arch, m, n, sm_count(arch, sms)) and not getattr(tuned, "predecode", False):
         tuned = None  # in-loop-decode entries lost to the predecoded GEMM wherever it applies (H100)
-    if tuned is not None and overlapped(arch, m, n, k, n8, sm_count(arch, sms)) is not None:
+    if tuned is not None and overlapped(arch, m, n, k, n8, sm_count(arch, sms), overlap_rows) is not None:
         tuned = None  # the tables predate the overlapped decode, which beat their entries where it applies (H100)
-    return fit(tuned or choose(arch, m, n, k, group_size, n8, sms), k, group_size)
+    return fit(tuned or choose(arch, m, n, k, group_size, n8, sms, overlap_rows), k, group_size)
+
+
+MIXLLM_OVERLAP_ROWS = 128  # the overlapped mixllm kernel's int32 partial and fp32 accumulators fill 232 registers here
+
+
+def overlap_rows(fmt) -> int:
+    """The widest token tile a weight format's overlapped kernel runs (``pick``'s ``overlap_rows``):
+    256 for progressive, whose int32 accumulators alone fit; 128 for mixllm."""
+    from ..format import WeightFormat
+    return MIXLLM_OVERLAP_ROWS if WeightFormat.parse(fmt) is WeightFormat.MIXLLM else 256
 
 
 def fit(schedule: AnySchedule, k: int, group_size: int) -> AnySchedule:

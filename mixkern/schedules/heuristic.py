@@ -17,18 +17,25 @@ blocks a grid has against the GPU's SM count, and how long one block's K loop is
 * **M <= 64**: 64 x 64 tensor-core tiles (32 x 64 when there is not half a block per SM),
   K split in 4 from K = 8192 (the one-warpgroup pipeline is latency-bound: more, shorter
   blocks win).
-* **M >= 192** (sm_90a, N a multiple of 8, half a wave of 64 x 128 tiles): the predecoded GEMM -- the layer decoded to int8 once, then
+* **M > 384**, or 192-384 where the overlapped grid would split K into slices under 2048 (sm_90a,
+  N a multiple of 8, half a wave of 64 x 128 tiles): the predecoded GEMM -- the layer decoded to int8 once, then
   a plain int8 GEMM (:mod:`mixkern.kernels.predecode`, :mod:`mixkern.kernels.int8_gemm`) --
   with the widest of 128 x 256, 128 x 128, 64 x 128 tiles whose grid fills 0.8 of a wave.  It
   beat every in-loop-decode tile from M = 192 on four Llama-3 shapes, in both formats
   (1.05-1.32x at 192, up to 2x at 4096), and lost below 128 on the large ones.
-* **17 <= M < 192** (sm_90a): the in-loop kernel with the decode overlapped with asynchronous
+* **17 <= M <= 384** (sm_90a): the in-loop kernel with the decode overlapped with asynchronous
   wgmma (:mod:`mixkern.kernels.overlapped_decode`): 64 x 128 tiles up to 64 tokens, else
   128 x 128 (64 x 128 if even split that grid stays short), K split in two, four or eight
   (at least 1024 a slice) until the grid fills 0.7 of a wave.  On the H100 (10% 8-bit, ten
   shapes at 32 / 64 / 128 tokens) it took N = 4096 layers at 128 tokens from 0.41-0.51x to
   0.61-1.24x cuBLAS fp16 and 28672 x 8192 at 32 tokens to 1.99x; it lost on 18944 x 3584 at
   32 tokens (40.1 against 35.5 us) and by 7% on 2048 x 8192 at 32 / 64 (docs/kernels.md).
+  Above 128 tokens the token tile is 128, 192 or 256 rows, whichever :func:`_overlap_cost`
+  rates fastest: each block decodes its weight tile once whatever its token rows, so one
+  192-row tile beat two 128-row ones 1.2-1.6x at 192 tokens.  This beat the predecoded GEMM
+  1.09-2.08x at 192-384 tokens on nine of ten shapes (H100), except where K is split into
+  slices of 2048 or less (4096 x 4096: 0.70-0.92x; slices of 3584 and more won 1.4-1.6x),
+  which stay predecoded.
 * **M <= 256** otherwise: 128 x 128 tiles with two consumer warpgroups when the grid has half
   a block per SM, else 64 x 128.
 * **M > 256** otherwise: 256 x 128 tiles when they fill ~0.9 waves, else 128 x 128, else 64 x 128.
@@ -49,8 +56,12 @@ from . import GemvSchedule, Schedule, SMS, AnySchedule
 MIN_K_PER_SPLIT = 2048
 FUSED_MAX_K = 8192  # longer rows: the plain GEMV (see the module docstring)
 TENSOR_CORE_MIN_N = 8192  # M <= 16: from here the 16-token tensor-core tile beats the GEMV
-PREDECODE_MIN_M = 192  # from here decoding the whole layer first, then a plain int8 GEMM, wins (H100, both formats)
-OVERLAP_MIN_M = 17  # from here (to PREDECODE_MIN_M) the overlapped decode, where its grid fills the GPU (H100)
+PREDECODE_MIN_M = 192  # from here decoding the whole layer first, then a plain int8 GEMM, can win (H100, both formats)
+OVERLAP_MIN_M = 17  # from here to OVERLAP_MAX_M the overlapped decode, where its grid fills the GPU (H100)
+OVERLAP_MAX_M = 384  # above, the predecoded GEMM (H100: it won at 512 tokens on the K = 4096 layers)
+OVERLAP_WIDE_ROWS = (64, 128, 192, 256)  # token tiles of the overlapped decode above 128 tokens
+OVERLAP_DECODE_ROWS = 128  # a block's decode costs about as much as this many more token rows of MMA (H100 fit)
+PREDECODE_MIN_SLICE = 3072  # from 192 tokens an overlapped grid split into shorter K slices loses to the predecoded GEMM
 OVERLAP_MIN_K_PER_SPLIT = 1024
 OVERLAP_FILL = 0.7  # of a wave (one block per SM): the overlapped decode's grid, split over K until it reaches this
 OVERLAP_TILES = (Schedule(64, 128, 128, 4, 256, overlap=True), Schedule(128, 128, 128, 4, 256, overlap=True))
@@ -64,8 +75,9 @@ def sm_count(arch: str, sms: int | None = None) -> int:
 
 
 def choose(arch: str, m: int, n: int, k: int, group_size: int = 128, n8: int = 0,
-           sms: int | None = None) -> AnySchedule:
-    """The schedule for an (M, N, K) layer with ``n8`` of its N features 8-bit on ``arch``."""
+           sms: int | None = None, overlap_rows: int = 256) -> AnySchedule:
+    """The schedule for an (M, N, K) layer with ``n8`` of its N features 8-bit on ``arch``;
+    ``overlap_rows``: the widest token tile the weight format's overlapped kernel runs."""
     sms = sm_count(arch, sms)
     if m == 1:
         return _one_token(n, k, sms)
@@ -74,12 +86,10 @@ def choose(arch: str, m: int, n: int, k: int, group_size: int = 128, n8: int = 0
     if m <= 16 and n < TENSOR_CORE_MIN_N:
         long_k = k > FUSED_MAX_K
         return GemvSchedule(rows=4, warps=2 if long_k else 4, tokens=16 if long_k else 8)
-    if predecoded(arch, m, n, sms):
+    tile = overlapped(arch, m, n, k, n8, sms, overlap_rows)
+    if predecoded(arch, m, n, sms) and (tile is None or (tile.split_k > 1 and k // tile.split_k < PREDECODE_MIN_SLICE)):
         return _predecoded_tile(m, n, sms)
-    tile = overlapped(arch, m, n, k, n8, sms)
-    if tile is not None:
-        return tile
-    return _tensor_core(m, n, k, group_size, n8, sms)
+    return tile or _tensor_core(m, n, k, group_size, n8, sms)
 
 
 def _one_token(n: int, k: int, sms: int) -> GemvSchedule:
@@ -110,19 +120,46 @@ def predecoded(arch: str, m: int, n: int, sms: int) -> bool:
             and 2 * blocks >= sms)
 
 
-def overlapped(arch: str, m: int, n: int, k: int, n8: int, sms: int) -> Schedule | None:
+def overlapped(arch: str, m: int, n: int, k: int, n8: int, sms: int, overlap_rows: int = 256) -> Schedule | None:
     """The overlapped-decode schedule for an M x N x K layer on ``arch``, or None where it does not
-    apply: sm_90a and OVERLAP_MIN_M <= M < PREDECODE_MIN_M.  Its tile (64 x 128 up to 64 tokens,
-    else 128 x 128, else 64 x 128) is the first whose grid of 4-bit and 8-bit tiles, split over
-    K as far as :func:`_overlap_split` allows, fills OVERLAP_FILL of a wave."""
-    if arch.split("+")[0] != "sm_90a" or not OVERLAP_MIN_M <= m < PREDECODE_MIN_M:
+    apply: sm_90a and OVERLAP_MIN_M <= M <= OVERLAP_MAX_M, and at most two token tiles of
+    ``overlap_rows`` (each token tile decodes the weights again; mixllm's kernel takes 128 rows,
+    and with three of them it lost to the predecoded GEMM on the H100).  Up to 128 tokens its
+    tile (64 x 128 up to 64 tokens, else 128 x 128, else 64 x 128) is the first whose grid of
+    4-bit and 8-bit tiles, split over K as far as :func:`_overlap_split` allows, fills
+    OVERLAP_FILL of a wave; above, the token tile of OVERLAP_WIDE_ROWS (up to ``overlap_rows``)
+    that :func:`_overlap_cost` rates fastest."""
+    if arch.split("+")[0] != "sm_90a" or not OVERLAP_MIN_M <= m <= min(OVERLAP_MAX_M, 2 * overlap_rows):
         return None
+    if m > 128:
+        tiles = [_split_tile(Schedule(bm, 128, 128, 4, 256, overlap=True), m, n, k, n8, sms)
+                 for bm in OVERLAP_WIDE_ROWS if bm <= overlap_rows]
+        return min(tiles, key=lambda t: _overlap_cost(t, m, n, k, n8, sms))
     for tile in OVERLAP_TILES[:1] if m <= 64 else OVERLAP_TILES[::-1]:
-        blocks = _ceil(m, tile.block_m) * (_ceil(n - n8, tile.block_n) + _ceil(n8, tile.block_n))
-        split = _overlap_split(k, blocks, sms)
-        if blocks * split >= OVERLAP_FILL * sms:
-            return Schedule(tile.block_m, tile.block_n, tile.block_k, tile.stages, tile.threads, split, overlap=True)
+        split = _split_tile(tile, m, n, k, n8, sms)
+        if _blocks(split, m, n, n8) * split.split_k >= OVERLAP_FILL * sms:
+            return split
     return None
+
+
+def _blocks(tile: Schedule, m: int, n: int, n8: int) -> int:
+    """Blocks of one K slice of a mixed layer's grid: a 4-bit and an 8-bit tile set."""
+    return _ceil(m, tile.block_m) * (_ceil(n - n8, tile.block_n) + _ceil(n8, tile.block_n))
+
+
+def _split_tile(tile: Schedule, m: int, n: int, k: int, n8: int, sms: int) -> Schedule:
+    """``tile`` split over K as far as :func:`_overlap_split` goes for its grid."""
+    split = _overlap_split(k, _blocks(tile, m, n, n8), sms)
+    return Schedule(tile.block_m, tile.block_n, tile.block_k, tile.stages, tile.threads, split, overlap=True)
+
+
+def _overlap_cost(tile: Schedule, m: int, n: int, k: int, n8: int, sms: int) -> float:
+    """Relative time of an overlapped-decode grid: its waves (one block per SM) times a block's
+    work, (token rows + OVERLAP_DECODE_ROWS) x its K slice.  On the H100 sweep behind it (ten
+    shapes at 192 / 256 / 384 / 512 tokens, tiles of 128 / 192 / 256 rows split 1 / 2 / 4) the
+    tile it rates fastest ran on average 2% slower than the fastest one."""
+    waves = _ceil(_blocks(tile, m, n, n8) * tile.split_k, sms)
+    return waves * (tile.block_m + OVERLAP_DECODE_ROWS) * k / tile.split_k
 
 
 def _overlap_split(k: int, blocks: int, sms: int) -> int:
@@ -198,8 +235,9 @@ def _pow2_floor(v: int) -> int:
 def distinct_token_counts(max_tokens: int) -> list[int]:
     """Token counts that reach every distinct choice of :func:`choose` (and of the tables,
     which are constant per M bucket) for M in 1..max_tokens.  M enters the rules only through
-    the bucket bounds (all <= 256 but the last) and ``ceil(M / block_m)`` with block_m a
-    power of two <= 256, which changes only just past a multiple of 64 beyond M = 256."""
+    the bucket bounds (all <= 256 but the last), the rules' bounds (<= 384, multiples of 64
+    beyond 256) and ``ceil(M / block_m)`` with block_m 64, 128, 192 or 256, which changes only
+    just past a multiple of 64 beyond M = 256."""
     small = range(1, min(max_tokens, 256) + 1)
     large = (v for j in range(4, max_tokens // 64 + 1) for v in (64 * j, 64 * j + 1))
     return sorted({*small, *(v for v in large if v <= max_tokens)})
@@ -208,7 +246,7 @@ def distinct_token_counts(max_tokens: int) -> list[int]:
 def every_schedule() -> list[AnySchedule]:
     """Every schedule :func:`choose` can return (for compile tests: all of them must build)."""
     out = set()
-    for m in (1, 2, 8, 16, 17, 33, 64, 65, 257):
+    for m in (1, 2, 8, 16, 17, 33, 64, 65, 129, 256, 257, 385):
         for n in (1, 64, 512, 4096, 8192, 65536):
             for k in (128, 4096, 8192, 16384, 65536):
                 for sms in (1, 132):

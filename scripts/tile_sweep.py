@@ -1,0 +1,88 @@
+"""Time named schedules against the op's own pick, cuBLAS fp16 and gemlite A8W8 int8 (if it imports), in
+one run on the same operands (CUDA graphs, rotated operands, cold L2, 10% 8-bit rows, fp16 x -> fp16 y,
+activation quantization included); every timed progressive run is first checked bit-equal to the
+reference, and mixllm's own pick is timed beside:
+
+    python scripts/tile_sweep.py --shapes 14336x4096 4096x4096 --m 192 256 \\
+        --tiles bm128_bn128_bk128_s4_t256_sk1_ov bm256_bn128_bk128_s3_t256_sk1_ov --splits 1 2 4
+
+Each tile runs at every split of ``--splits`` that divides K (the key's own sk is replaced).  Prints a
+markdown table, one row per (shape, M), the fastest tile in bold; ``--json`` keeps every time.
+"""
+import argparse
+import json
+from dataclasses import replace
+
+import torch
+
+import mixkern
+from mixkern import peers
+from mixkern.bench import _rotated_ms, format_times, random_layer
+from mixkern.kernels import launch as L
+from mixkern.reference import quantize_for, reference_gemm_quantized
+from mixkern.schedules import overlap_rows, pick, schedule_from_key
+from mixkern.warmup import compile_jobs
+
+
+def variants(tiles: list[str], splits: list[int], k: int) -> list:
+    """The tile schedules at each split that divides K, each once."""
+    out = []
+    for key in tiles:
+        base = schedule_from_key(key)
+        for sk in splits:
+            s = replace(base, split_k=sk)
+            if k % (s.block_k * sk) == 0 and s not in out:
+                out.append(s)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--shapes", nargs="+", default=["14336x4096", "4096x14336", "4096x4096", "28672x8192"])
+    ap.add_argument("--m", nargs="+", type=int, default=[192, 256, 384])
+    ap.add_argument("--tiles", nargs="*", default=[], help="schedule keys (progressive format); none: the picks only")
+    ap.add_argument("--splits", nargs="+", type=int, default=[1])
+    ap.add_argument("--json", help="write every time here")
+    a = ap.parse_args()
+    dev = torch.device("cuda")
+    arch, sms = L.arch_of(dev), L.sm_count(dev)
+    shapes = [tuple(map(int, s.split("x"))) for s in a.shapes]
+    jobs = [j for n, k in shapes for m in a.m for f in ("progressive", "mixllm")
+            for s in [pick(arch, m, n, k, 128, n // 10, sms, overlap_rows(f))] + (variants(a.tiles, a.splits, k) if f == "progressive" else [])
+            for j in L.kernel_jobs(arch, k, 128, s, "float16", True, True, f)]
+    compile_jobs(list(dict.fromkeys(jobs)))
+    usable, notes = peers.available(["gemlite_a8w8"], dev)
+    print(*notes, sep="\n")
+    rows = [_measure(n, k, m, a, usable, dev, arch, sms) for n, k in shapes for m in a.m]
+    if a.json:
+        json.dump(rows, open(a.json, "w"), indent=1)
+    print("| N x K | M | cuBLAS fp16 | gemlite A8W8 | pick | mixllm pick | best tile | best vs fp16 | best / pick | pick key |")
+    print("|---|---:|---:|---:|---:|---:|---|---:|---:|---|")
+    for r in rows:
+        best = min(r["tiles"], key=r["tiles"].get, default="pick")
+        tb = r["tiles"].get(best, r["pick"])
+        print(f"| {r['n']}x{r['k']} | {r['m']} | {r['fp16']:.1f} | {r['peer']:.1f} | {r['pick']:.1f} | {r['mixllm']:.1f} | "
+              f"`{best}` {tb:.1f} | {r['fp16'] / tb:.2f}x | {r['pick'] / tb:.2f}x | `{r['pick_key']}` |")
+
+
+def _measure(n, k, m, a, usable, dev, arch, sms) -> dict:
+    """One (shape, M): {fp16, peer, pick, mixllm, tiles: {key: us}}; raises if a tile is not exact."""
+    wh, pws = random_layer(n, k, dev)
+    t, (c, xs, whs, cps) = format_times(wh, m, pws)
+    peer = usable[0].build(wh) if usable else None
+    row = {"n": n, "k": k, "m": m, "fp16": t["fp16"], "pick": t["progressive"], "mixllm": t["mixllm"],
+           "pick_key": pick(arch, m, n, k, 128, n // 10, sms).key, "tiles": {},
+           "peer": _rotated_ms(lambda i: peer(xs[i]), c) * 1e3 if peer else float("nan")}
+    pw = pws["progressive"]
+    ref = reference_gemm_quantized(*quantize_for(xs[1], pw), pw, torch.float16)
+    for s in variants(a.tiles, a.splits, k):
+        if not torch.equal(L.gemm_cuda(xs[1], pw, s), ref):
+            raise AssertionError(f"{n}x{k} M={m} {s.key}: not bit-equal to the reference")
+        row["tiles"][s.key] = _rotated_ms(lambda i: L.gemm_cuda(xs[i], cps["progressive"][i], s), c) * 1e3
+    print(f"{n}x{k} M={m}: fp16 {row['fp16']:.1f} pick {row['pick']:.1f} "
+          + " ".join(f"{key} {v:.1f}" for key, v in row["tiles"].items()), flush=True)
+    return row
+
+
+if __name__ == "__main__":
+    main()
