@@ -57,7 +57,7 @@ def kernel_jobs(arch: str, shapes, dtypes=("float16",), max_tokens: int = 8192, 
     jobs = {}
     for n, k, group_size, n8, *fmt in shapes:
         has4, has8 = n8 < n, n8 > 0
-        rows = overlap_rows(fmt[0]) if fmt else 256
+        rows = overlap_rows(fmt[0] if fmt else "progressive")
         for schedule in {choose(arch, m, n, k, group_size, n8, sms, rows) for m in ms}:
             for dtype in dtypes:
                 jobs.update(dict.fromkeys(jobs_of(arch, k, group_size, schedule, dtype, has4, has8, *fmt)))

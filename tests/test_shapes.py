@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 import mixkern
 from mixkern.format import MAX_IN_FEATURES
-from mixkern.schedules import GemvSchedule, Schedule, pick
+from mixkern.schedules import GemvSchedule, Schedule, overlap_rows, pick
 from mixkern.schedules.heuristic import choose, distinct_token_counts, overlapped, predecoded
 from mixkern.shapes import CONFIGS, DecoderConfig, layer_shapes, shardings
 
@@ -94,7 +94,7 @@ def test_mixllm_schedules_take_one_activation_group_per_k_tile_and_split_whole_g
     if k % group_size:
         k = group_size * max(1, k // group_size)
     n8 = round(fraction * n)
-    s = for_mixllm(pick(arch, m, n, k, group_size, n8), k, group_size, arch, n8 < n, n8 > 0)
+    s = for_mixllm(pick(arch, m, n, k, group_size, n8, None, overlap_rows("mixllm")), k, group_size, arch, n8 < n, n8 > 0)
     s.check(k, group_size)
     span = WeightFormat.MIXLLM.act_group_size(group_size)
     if isinstance(s, GemvSchedule):
@@ -178,7 +178,7 @@ def test_wide_overlapped_tiles_where_the_h100_sweep_found_them_fastest(n, k, m, 
 def test_long_prompts_run_predecoded_where_the_epilogue_and_grid_allow(m, n, sms):
     """From 192 tokens, N a multiple of 8 and half a wave of 64 x 128 tiles: the predecoded GEMM,
     its widest tile that fills 0.8 of a wave, never split over K -- but up to 384 tokens only
-    where the overlapped decode would split K = 4096 (slices under 2048); the tables never
+    where the overlapped decode would split K = 4096 (slices of 2048 or less); the tables never
     override it."""
     s = choose("sm_90a", m, n, 4096, 128, n // 10, sms)
     waves = sms or 132

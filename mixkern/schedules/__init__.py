@@ -23,6 +23,7 @@ TABLE_VERSION = 1
 M_BUCKETS = (1, 4, 16, 64, 256, 1024, 1 << 30)  # a GEMM with M tokens uses the first bucket >= M
 SHARED_BYTES = {"sm_90a": 227 * 1024, "sm_80": 163 * 1024, "sm_86": 99 * 1024, "sm_89": 99 * 1024}
 PREDECODE_N_MULTIPLE = 8  # the predecoded GEMM's TMA epilogue stores output rows in 16-byte runs
+OVERLAP_ROWS = 256  # the overlapped decode's widest token tile (progressive: its int32 accumulators alone)
 SMS = {"sm_90a": 132, "sm_80": 108, "sm_86": 84, "sm_89": 128}  # SM count planned for when no GPU is asked (H100 SXM, A100, ...)
 
 
@@ -198,7 +199,7 @@ def table_key(m: int, n: int, k: int) -> str:
 
 @lru_cache(maxsize=4096)
 def pick(arch: str, m: int, n: int, k: int, group_size: int = 128, n8: int = 0, sms: int | None = None,
-         overlap_rows: int = 256) -> AnySchedule:
+         overlap_rows: int = OVERLAP_ROWS) -> AnySchedule:
     """The schedule for an (M, N, K) layer on ``arch`` (N = all output features, ``n8`` of them
     8-bit, ``sms`` the GPU's SM count, ``overlap_rows`` the format's :func:`overlap_rows`): the
     tuned table's entry, else the shape-aware heuristic of :mod:`.heuristic`; made runnable for
@@ -219,7 +220,7 @@ def overlap_rows(fmt) -> int:
     """The widest token tile a weight format's overlapped kernel runs (``pick``'s ``overlap_rows``):
     256 for progressive, whose int32 accumulators alone fit; 128 for mixllm."""
     from ..format import WeightFormat
-    return MIXLLM_OVERLAP_ROWS if WeightFormat.parse(fmt) is WeightFormat.MIXLLM else 256
+    return MIXLLM_OVERLAP_ROWS if WeightFormat.parse(fmt) is WeightFormat.MIXLLM else OVERLAP_ROWS
 
 
 def fit(schedule: AnySchedule, k: int, group_size: int) -> AnySchedule:

@@ -17,7 +17,7 @@ blocks a grid has against the GPU's SM count, and how long one block's K loop is
 * **M <= 64**: 64 x 64 tensor-core tiles (32 x 64 when there is not half a block per SM),
   K split in 4 from K = 8192 (the one-warpgroup pipeline is latency-bound: more, shorter
   blocks win).
-* **M > 384**, or 192-384 where the overlapped grid would split K into slices under 2048 (sm_90a,
+* **M > 384**, or 192-384 where the overlapped grid would split K into slices under 3072 (sm_90a,
   N a multiple of 8, half a wave of 64 x 128 tiles): the predecoded GEMM -- the layer decoded to int8 once, then
   a plain int8 GEMM (:mod:`mixkern.kernels.predecode`, :mod:`mixkern.kernels.int8_gemm`) --
   with the widest of 128 x 256, 128 x 128, 64 x 128 tiles whose grid fills 0.8 of a wave.  It
@@ -30,8 +30,8 @@ blocks a grid has against the GPU's SM count, and how long one block's K loop is
   shapes at 32 / 64 / 128 tokens) it took N = 4096 layers at 128 tokens from 0.41-0.51x to
   0.61-1.24x cuBLAS fp16 and 28672 x 8192 at 32 tokens to 1.99x; it lost on 18944 x 3584 at
   32 tokens (40.1 against 35.5 us) and by 7% on 2048 x 8192 at 32 / 64 (docs/kernels.md).
-  Above 128 tokens the token tile is 128, 192 or 256 rows, whichever :func:`_overlap_cost`
-  rates fastest: each block decodes its weight tile once whatever its token rows, so one
+  Above 128 tokens the token tile is 64, 128, 192 or 256 rows (at most the format's
+  ``overlap_rows``, and two tiles of them), whichever :func:`_overlap_cost` rates fastest: each block decodes its weight tile once whatever its token rows, so one
   192-row tile beat two 128-row ones 1.2-1.6x at 192 tokens.  This beat the predecoded GEMM
   1.09-2.08x at 192-384 tokens on nine of ten shapes (H100), except where K is split into
   slices of 2048 or less (4096 x 4096: 0.70-0.92x; slices of 3584 and more won 1.4-1.6x),
@@ -51,7 +51,7 @@ a tuned table.
 
 from __future__ import annotations
 
-from . import GemvSchedule, Schedule, SMS, AnySchedule
+from . import OVERLAP_ROWS, GemvSchedule, Schedule, SMS, AnySchedule
 
 MIN_K_PER_SPLIT = 2048
 FUSED_MAX_K = 8192  # longer rows: the plain GEMV (see the module docstring)
@@ -75,7 +75,7 @@ def sm_count(arch: str, sms: int | None = None) -> int:
 
 
 def choose(arch: str, m: int, n: int, k: int, group_size: int = 128, n8: int = 0,
-           sms: int | None = None, overlap_rows: int = 256) -> AnySchedule:
+           sms: int | None = None, overlap_rows: int = OVERLAP_ROWS) -> AnySchedule:
     """The schedule for an (M, N, K) layer with ``n8`` of its N features 8-bit on ``arch``;
     ``overlap_rows``: the widest token tile the weight format's overlapped kernel runs."""
     sms = sm_count(arch, sms)
@@ -120,7 +120,7 @@ def predecoded(arch: str, m: int, n: int, sms: int) -> bool:
             and 2 * blocks >= sms)
 
 
-def overlapped(arch: str, m: int, n: int, k: int, n8: int, sms: int, overlap_rows: int = 256) -> Schedule | None:
+def overlapped(arch: str, m: int, n: int, k: int, n8: int, sms: int, overlap_rows: int = OVERLAP_ROWS) -> Schedule | None:
     """The overlapped-decode schedule for an M x N x K layer on ``arch``, or None where it does not
     apply: sm_90a and OVERLAP_MIN_M <= M <= OVERLAP_MAX_M, and at most two token tiles of
     ``overlap_rows`` (each token tile decodes the weights again; mixllm's kernel takes 128 rows,
