@@ -32,7 +32,7 @@ weight group), ``group_size`` is 64, 128 (default) or 256.  Two versioned format
                       acc = fmaf(fp32(p[m, n, j]), c[m, n, j], acc)  one rounding (fused)
                   y = out_dtype(acc)                                round to nearest even
 
-    split-K, S slices (S divides K/A; the GPU kernels at 17..191 tokens, where a grid of whole-K
+    split-K, S slices (S divides K/A; the GPU kernels at 5..191 tokens, where a grid of whole-K
                   tiles would leave SMs idle): slice s runs the chain above from acc_s = 0.0f over
                   its own J/S groups, and y = out_dtype(((acc_0 + acc_1) + acc_2) + ...), fp32 adds
                   in slice order -- deterministic, and still within the float64 bound

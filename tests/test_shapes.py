@@ -75,7 +75,7 @@ def test_heuristic_schedules_run_any_shape_and_fill_small_grids(m, n, k, fractio
     if isinstance(raw, GemvSchedule):
         assert m <= 16
     else:
-        assert m > 16 or n >= 8192
+        assert m > 16 or n >= 8192 or raw.overlap  # few tokens: the 16-token tile, or the overlapped decode
         assert not raw.predecode or (m >= 192 and n % 8 == 0 and raw.split_k == 1 and arch == "sm_90a")
         blocks = -(-m // raw.block_m) * (-(-(n - n8) // raw.block_n) + -(-n8 // raw.block_n))
         small_grid = blocks * 2 < (sms or 132) and k >= 16384 and k % 1024 == 0 and m > 64
@@ -105,6 +105,24 @@ def test_mixllm_schedules_take_one_activation_group_per_k_tile_and_split_whole_g
         assert not s.predecode or s.split_k == 1
 
 
+@given(block=st.sampled_from([(64, 128), (64, 256), (128, 128)]), split=st.sampled_from([1, 2, 4, 8]),
+       k_groups=st.integers(1, 256))
+def test_mixllm_overlapped_tiles_keep_the_picks_block_count(block, split, k_groups):
+    """An overlapped pick maps to mixllm's 64 x 128 overlapped kernel with as many blocks: a 64 x 256
+    or 128 x 128 pick (twice the 64 x 128 blocks per block) halves its split (a 128 x 128 unsplit
+    pick keeps its tile), then splits halve until they divide K / 128."""
+    from mixkern.schedules import for_mixllm
+    k = 128 * k_groups
+    s = for_mixllm(Schedule(*block, 128, 4, 256, split, overlap=True), k, 128, "sm_90a")
+    if block == (128, 128) and split == 1:
+        assert (s.block_m, s.block_n, s.split_k) == (128, 128, 1)
+        return
+    want = max(1, split * 64 * 128 // (block[0] * block[1]))
+    while k_groups % want:
+        want //= 2
+    assert s.overlap and (s.block_m, s.block_n, s.split_k) == (64, 128, want)
+
+
 @given(n=st.integers(1, 30000), k=st.integers(1, 512).map(lambda v: 128 * v), fraction=st.floats(0, 1))
 def test_warmup_token_counts_reach_every_choice(n, k, fraction):
     n8 = round(fraction * n)
@@ -116,8 +134,11 @@ def test_warmup_token_counts_reach_every_choice(n, k, fraction):
 def test_tensor_core_tiles_only_beyond_decode_or_for_wide_layers():
     assert isinstance(choose("sm_90a", 1, 4096, 4096), GemvSchedule)
     assert choose("sm_90a", 1, 4096, 4096).fused and not choose("sm_90a", 1, 4096, 14336).fused  # long K: plain
-    assert isinstance(choose("sm_90a", 16, 28672, 8192), Schedule)  # M = 16 on a wide layer: 16-token tiles
-    assert choose("sm_90a", 16, 8192, 28672).split_k > 1  # ... split over a long K to fill the SMs
+    assert choose("sm_80", 16, 28672, 8192).block_m == 16  # M = 16 on a wide layer: 16-token tiles
+    assert choose("sm_80", 16, 8192, 28672).split_k > 1  # ... split over a long K to fill the SMs
+    assert choose("sm_90a", 16, 28672, 8192).overlap  # Hopper, K >= 8192: the overlapped decode
+    assert choose("sm_90a", 16, 18944, 3584).block_m == 16  # ... not at short K
+    assert isinstance(choose("sm_90a", 8, 2048, 8192), GemvSchedule)  # ... nor on a narrow layer
     assert choose("sm_90a", 4096, 512, 4096).block_m < 256  # small N: smaller tiles fill the GPU
     assert choose("sm_90a", 4096, 8193, 8192).block_m == 256  # N % 8: the in-loop kernel
 
@@ -125,7 +146,9 @@ def test_tensor_core_tiles_only_beyond_decode_or_for_wide_layers():
 @given(m=st.integers(1, 400), n=st.integers(1, 1 << 16), k_tiles=st.integers(1, 160), fraction=st.floats(0, 1),
        sms=st.sampled_from([None, 16, 108, 132]), rows=st.sampled_from([128, 256]))
 def test_mid_prompts_overlap_the_decode_where_its_grid_fills_the_gpu(m, n, k_tiles, fraction, sms, rows):
-    """17..128 tokens on sm_90a: the overlapped-decode tile (64 rows up to 64 tokens, else 128
+    """17..128 tokens on sm_90a, and 5..16 where K >= 8192 and N >= 3072: up to 64 tokens the 64 x
+    256 tile where its grid, split over K as below, has slices of at least 2048 and fills a wave
+    (0.8 of one unsplit), else the overlapped-decode tile (64 rows up to 64 tokens, else 128
     rows, else 64) whose grid of 4-bit and 8-bit tiles, split over K by the least power of two
     (<= 8, >= 1024 a slice) that reaches it, fills 0.7 of a wave; 129..384 tokens: a 128-, 192-
     or 256-row tile (64 or 128 for a format whose overlapped kernel takes 128 rows, and then only
@@ -136,26 +159,29 @@ def test_mid_prompts_overlap_the_decode_where_its_grid_fills_the_gpu(m, n, k_til
     s = choose("sm_90a", m, n, k, 128, n8, sms, rows)
     waves = sms or 132
 
-    def blocks(bm):
-        return -(-m // bm) * (-(-(n - n8) // 128) + -(-n8 // 128))
+    def blocks(bm, bn=128):
+        return -(-m // bm) * (-(-(n - n8) // bn) + -(-n8 // bn))
 
-    def least_split(bm, fill=True):
+    def least_split(bm, fill=True, bn=128):
         splits = [sp for sp in (1, 2, 4, 8) if k % (128 * sp) == 0 and (sp == 1 or k // sp >= 1024)]
-        return next((sp for sp in splits if blocks(bm) * sp >= 0.7 * waves), None if fill else splits[-1])
+        return next((sp for sp in splits if blocks(bm, bn) * sp >= 0.7 * waves), None if fill else splits[-1])
 
     def cost(bm):
         sp = least_split(bm, fill=False)
         return -(-blocks(bm) * sp // waves) * (bm + 128) * k / sp, sp
-    want = None
-    if 17 <= m <= 128:
-        want = next(((bm, least_split(bm)) for bm in ((64,) if m <= 64 else (128, 64)) if least_split(bm)), None)
+    want, wide = None, least_split(64, False, 256)
+    if (17 <= m <= 64 or (5 <= m <= 16 and k >= 8192 and n >= 3072)) and k // wide >= 2048 \
+            and blocks(64, 256) * wide >= (1 if wide > 1 else 0.8) * waves:
+        want = (64, 256, wide)
+    elif 17 <= m <= 128 or (5 <= m <= 16 and k >= 8192 and n >= 3072):
+        want = next(((bm, 128, least_split(bm)) for bm in ((64,) if m <= 64 else (128, 64)) if least_split(bm)), None)
     elif 129 <= m <= min(384, 2 * rows):
-        want = min(((bm, cost(bm)[1]) for bm in (64, 128, 192, 256) if bm <= rows), key=lambda t: cost(t[0])[0])
-        if predecoded("sm_90a", m, n, waves) and want[1] > 1 and k // want[1] < 3072:
+        want = min(((bm, 128, cost(bm)[1]) for bm in (64, 128, 192, 256) if bm <= rows), key=lambda t: cost(t[0])[0])
+        if predecoded("sm_90a", m, n, waves) and want[2] > 1 and k // want[2] < 3072:
             want = None
     assert getattr(s, "overlap", False) == (want is not None)
     if want is not None:
-        assert (s.block_m, s.block_n, s.split_k) == (*want[:1], 128, want[1])
+        assert (s.block_m, s.block_n, s.split_k) == want
         assert s == pick("sm_90a", m, n, k, 128, n8, sms, rows)
     assert not getattr(choose("sm_80", m, n, k, 128, n8, sms, rows), "overlap", False)
 
@@ -168,9 +194,14 @@ def test_mid_prompts_overlap_the_decode_where_its_grid_fills_the_gpu(m, n, k_til
     (4096, 4096, 256, "bm64_bn128_bk128_s4_t128_sk1_pd"),  # slices of 1024: predecoded 27.2 us, overlapped 38.6
     (4096, 4096, 384, "bm64_bn128_bk128_s4_t128_sk1_pd"),  # slices of 2048: predecoded 38.1 us, overlapped 42.7
     (14336, 4096, 512, "bm128_bn256_bk128_s3_t256_sk1_pd"),  # past 384 tokens: predecoded 108.5 us, overlapped 121.1
+    (28672, 8192, 16, "bm64_bn256_bk128_s4_t256_sk1_ov"),  # stop 30: 77.8 us, the 16-token tile 100.4
+    (8192, 28672, 8, "bm64_bn256_bk128_s4_t256_sk4_ov"),  # 76.9 us, the 16-token tile 98.5, 64 x 128 90.9
+    (4096, 14336, 16, "bm64_bn128_bk128_s4_t256_sk4_ov"),  # 30.7 us, the GEMV 43.0
+    (8192, 28672, 32, "bm64_bn256_bk128_s4_t256_sk4_ov"),  # 79.6 us, 64 x 128 90.4
+    (14336, 4096, 32, "bm64_bn128_bk128_s4_t256_sk1_ov"),  # 27.9 us, 64 x 256 split in two 30.4
 ])
 def test_wide_overlapped_tiles_where_the_h100_sweep_found_them_fastest(n, k, m, key):
-    """The rule's picks on cells of the stop-29 sweep (scripts/tile_sweep.py; docs/kernels.md)."""
+    """The rule's picks on cells of the stop-29 and stop-30 sweeps (scripts/tile_sweep.py; docs/kernels.md)."""
     assert choose("sm_90a", m, n, k, 128, n // 10, 132).key == key
 
 

@@ -3,8 +3,9 @@
 Decode buckets (M <= 16) try the dp4a kernel (:class:`GemvSchedule`: with or without the
 activation quantization fused in, one or several row groups per block) and small-tile
 tensor-core schedules with split-K; larger buckets try tensor-core tiles only, and above
-M = 64 the predecoded GEMM's tiles beside the in-loop-decode ones; from M = 64 on sm_90a the
-overlapped decode's tiles too.  Pruning is
+M = 64 the predecoded GEMM's tiles beside the in-loop-decode ones; on sm_90a every bucket
+from 16 tokens tries the overlapped decode's tiles too (64 x 128 and 64 x 256 split over K
+up to 64 tokens, 64- to 256-row token tiles above).  Pruning is
 static, before anything compiles: shared memory per block, accumulator registers per
 thread, K divisibility, wgmma's 64-row minimum per warpgroup, idle lanes in the dp4a
 kernel.  What survives and still fails to compile is reported by the tuner, not hidden.
@@ -40,9 +41,12 @@ def _mma_space(bucket: int) -> list[Schedule]:
     else:
         grid = dict(bm=(64, 128, 256), bn=(128, 256), bk=(64, 128), st=(2, 3, 4), th=(128, 256), sk=(1,))
     in_loop = [Schedule(*v) for v in itertools.product(*grid.values())]
-    rows = (64,) if bucket <= 64 else (64, 128, 192, 256)
-    overlapped = [Schedule(bm, 128, 128, st, 256, overlap=True)
-                  for bm, st in itertools.product(rows, (3, 4))] if bucket >= 64 else []
+    if bucket <= 64:  # 64-row token tiles, 64 or 128 weight rows a warpgroup, split over K
+        overlapped = [Schedule(64, bn, 128, st, 256, sk, overlap=True)
+                      for bn, st, sk in itertools.product((128, 256), (3, 4), (1, 2, 4, 8))]
+    else:
+        overlapped = [Schedule(bm, 128, 128, st, 256, overlap=True)
+                      for bm, st in itertools.product((64, 128, 192, 256), (3, 4))]
     in_loop += overlapped
     if bucket <= 64:
         return in_loop

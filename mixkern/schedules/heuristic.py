@@ -12,7 +12,8 @@ blocks a grid has against the GPU's SM count, and how long one block's K loop is
   the fused kernel measured 1.09-1.69x slower than the plain one (H100; K = 1536, 3584, 5120).
 * **M <= 4**: the GEMV with 4 tokens per block, 8 rows, and as many warps as keep ~8 warps
   per SM busy (at least 2 at long K, where one warp's loop over K gets long).
-* **M <= 16**: the GEMV with 8 tokens per block (16 at long K) for N < 8192; from N = 8192
+* **M <= 16**: on sm_90a, layers with K >= 8192 and N >= 3072 run the overlapped decode below;
+  otherwise the GEMV with 8 tokens per block (16 at long K) for N < 8192, and from N = 8192
   the 16-token tensor-core tile, split over K (K >= 16384) until two blocks per SM.
 * **M <= 64**: 64 x 64 tensor-core tiles (32 x 64 when there is not half a block per SM),
   K split in 4 from K = 8192 (the one-warpgroup pipeline is latency-bound: more, shorter
@@ -23,8 +24,9 @@ blocks a grid has against the GPU's SM count, and how long one block's K loop is
   with the widest of 128 x 256, 128 x 128, 64 x 128 tiles whose grid fills 0.8 of a wave.  It
   beat every in-loop-decode tile from M = 192 on four Llama-3 shapes, in both formats
   (1.05-1.32x at 192, up to 2x at 4096), and lost below 128 on the large ones.
-* **17 <= M <= 384** (sm_90a): the in-loop kernel with the decode overlapped with asynchronous
-  wgmma (:mod:`mixkern.kernels.overlapped_decode`): 64 x 128 tiles up to 64 tokens, else
+* **17 <= M <= 384** (sm_90a; from 5 tokens on long, wide layers): the in-loop kernel with the
+  decode overlapped with asynchronous wgmma (:mod:`mixkern.kernels.overlapped_decode`): 64 x
+  128 tiles up to 64 tokens (64 x 256 on layers whose grid of them still fills a wave), else
   128 x 128 (64 x 128 if even split that grid stays short), K split in two, four or eight
   (at least 1024 a slice) until the grid fills 0.7 of a wave.  On the H100 (10% 8-bit, ten
   shapes at 32 / 64 / 128 tokens) it took N = 4096 layers at 128 tokens from 0.41-0.51x to
@@ -57,7 +59,10 @@ MIN_K_PER_SPLIT = 2048
 FUSED_MAX_K = 8192  # longer rows: the plain GEMV (see the module docstring)
 TENSOR_CORE_MIN_N = 8192  # M <= 16: from here the 16-token tensor-core tile beats the GEMV
 PREDECODE_MIN_M = 192  # from here decoding the whole layer first, then a plain int8 GEMM, can win (H100, both formats)
-OVERLAP_MIN_M = 17  # from here to OVERLAP_MAX_M the overlapped decode, where its grid fills the GPU (H100)
+OVERLAP_MIN_M = 5  # from here to OVERLAP_MAX_M the overlapped decode, where its grid fills the GPU (H100)
+OVERLAP_MIN_M_SHORT_K = 17  # below, only on long, wide layers (_few_tokens_overlap)
+OVERLAP_FEW_TOKENS_MIN_K = 8192
+OVERLAP_FEW_TOKENS_MIN_N = 3072
 OVERLAP_MAX_M = 384  # above, the predecoded GEMM (H100: it won at 512 tokens on the K = 4096 layers)
 OVERLAP_WIDE_ROWS = (64, 128, 192, 256)  # token tiles of the overlapped decode above 128 tokens
 OVERLAP_DECODE_ROWS = 128  # a block's decode costs about as much as this many more token rows of MMA (H100 fit)
@@ -65,6 +70,9 @@ PREDECODE_MIN_SLICE = 3072  # from 192 tokens an overlapped grid split into shor
 OVERLAP_MIN_K_PER_SPLIT = 1024
 OVERLAP_FILL = 0.7  # of a wave (one block per SM): the overlapped decode's grid, split over K until it reaches this
 OVERLAP_TILES = (Schedule(64, 128, 128, 4, 256, overlap=True), Schedule(128, 128, 128, 4, 256, overlap=True))
+OVERLAP_WIDE_WEIGHT_TILE = Schedule(64, 256, 128, 4, 256, overlap=True)  # up to 64 tokens, on large layers
+OVERLAP_WIDE_MIN_SLICE = 2048
+OVERLAP_WIDE_FILL = 0.8  # of a wave, unsplit
 PREDECODE_TILES = (Schedule(128, 256, 128, 3, 256, predecode=True), Schedule(128, 128, 128, 4, 256, predecode=True),
                    Schedule(64, 128, 128, 4, 128, predecode=True))
 
@@ -83,10 +91,10 @@ def choose(arch: str, m: int, n: int, k: int, group_size: int = 128, n8: int = 0
         return _one_token(n, k, sms)
     if m <= 4:
         return _few_tokens(n, k, sms)
-    if m <= 16 and n < TENSOR_CORE_MIN_N:
+    tile = overlapped(arch, m, n, k, n8, sms, overlap_rows)
+    if m <= 16 and tile is None and n < TENSOR_CORE_MIN_N:
         long_k = k > FUSED_MAX_K
         return GemvSchedule(rows=4, warps=2 if long_k else 4, tokens=16 if long_k else 8)
-    tile = overlapped(arch, m, n, k, n8, sms, overlap_rows)
     if predecoded(arch, m, n, sms) and (tile is None or (tile.split_k > 1 and k // tile.split_k < PREDECODE_MIN_SLICE)):
         return _predecoded_tile(m, n, sms)
     return tile or _tensor_core(m, n, k, group_size, n8, sms)
@@ -122,24 +130,50 @@ def predecoded(arch: str, m: int, n: int, sms: int) -> bool:
 
 def overlapped(arch: str, m: int, n: int, k: int, n8: int, sms: int, overlap_rows: int = OVERLAP_ROWS) -> Schedule | None:
     """The overlapped-decode schedule for an M x N x K layer on ``arch``, or None where it does not
-    apply: sm_90a and OVERLAP_MIN_M <= M <= OVERLAP_MAX_M, and at most two token tiles of
-    ``overlap_rows`` (each token tile decodes the weights again; mixllm's kernel takes 128 rows,
-    and with three of them it lost to the predecoded GEMM on the H100).  Up to 128 tokens its
-    tile (64 x 128 up to 64 tokens, else 128 x 128, else 64 x 128) is the first whose grid of
-    4-bit and 8-bit tiles, split over K as far as :func:`_overlap_split` allows, fills
-    OVERLAP_FILL of a wave; above, the token tile of OVERLAP_WIDE_ROWS (up to ``overlap_rows``)
-    that :func:`_overlap_cost` rates fastest."""
+    apply: sm_90a and OVERLAP_MIN_M <= M <= OVERLAP_MAX_M, below 17 tokens only for long,
+    wide layers (:func:`_few_tokens_overlap`), and at most two token tiles of ``overlap_rows``
+    (each token tile decodes the weights again; mixllm's kernel takes 128 rows, and with three
+    of them it lost to the predecoded GEMM on the H100).  Up to 64 tokens: 64 x 256 where
+    :func:`_wide_weight_tile` allows, else 64 x 128; up to 128 tokens the first of 128 x 128 and
+    64 x 128 whose grid of 4-bit and 8-bit tiles, split over K as far as :func:`_overlap_split`
+    allows, fills OVERLAP_FILL of a wave; above, the token tile of OVERLAP_WIDE_ROWS (up to
+    ``overlap_rows``) that :func:`_overlap_cost` rates fastest."""
     if arch.split("+")[0] != "sm_90a" or not OVERLAP_MIN_M <= m <= min(OVERLAP_MAX_M, 2 * overlap_rows):
+        return None
+    if m < OVERLAP_MIN_M_SHORT_K and not _few_tokens_overlap(n, k):
         return None
     if m > 128:
         tiles = [_split_tile(Schedule(bm, 128, 128, 4, 256, overlap=True), m, n, k, n8, sms)
                  for bm in OVERLAP_WIDE_ROWS if bm <= overlap_rows]
         return min(tiles, key=lambda t: _overlap_cost(t, m, n, k, n8, sms))
+    wide = _split_tile(OVERLAP_WIDE_WEIGHT_TILE, m, n, k, n8, sms)
+    if m <= 64 and _wide_weight_tile(wide, m, n, k, n8, sms):
+        return wide
     for tile in OVERLAP_TILES[:1] if m <= 64 else OVERLAP_TILES[::-1]:
         split = _split_tile(tile, m, n, k, n8, sms)
         if _blocks(split, m, n, n8) * split.split_k >= OVERLAP_FILL * sms:
             return split
     return None
+
+
+def _few_tokens_overlap(n: int, k: int) -> bool:
+    """5..16 tokens: whether the overlapped decode (a 64-row token tile, mostly empty) replaces the
+    multi-token GEMV and the 16-token tensor-core tile.  On the H100 (8 and 16 tokens, 10% 8-bit)
+    it won 1.28-1.56x at K >= 8192 on five layers of 3584 to 28672 features; it tied or lost at
+    K = 3584 / 4096 (14336 x 4096 1.00x, 18944 x 3584 0.85x: too few K tiles to fill its
+    pipeline) and against the GEMV on narrow layers (2048 x 8192 0.75x at 8 tokens)."""
+    return k >= OVERLAP_FEW_TOKENS_MIN_K and n >= OVERLAP_FEW_TOKENS_MIN_N
+
+
+def _wide_weight_tile(tile: Schedule, m: int, n: int, k: int, n8: int, sms: int) -> bool:
+    """Whether the 64 x 256 tile (128 weight rows a warpgroup: m64n128 wgmma, half the blocks of
+    64 x 128) runs a layer: its K slices at least 2048 and its grid at least 0.8 of a wave
+    unsplit, a whole wave split (a split grid pays atomics and an epilogue launch).  On the H100
+    at 8-64 tokens it beat 64 x 128 by 1.02-1.15x on 28672 x 8192, 8192 x 28672 and 8192 x 8192
+    (one 3% loss, 8192 x 8192 at 64 tokens) and lost 7-21% on 14336 x 4096 (split in two to 114
+    blocks), 4096 x 14336 (slices of 1792) and the layers it leaves below a wave."""
+    blocks = _blocks(tile, m, n, n8) * tile.split_k
+    return k // tile.split_k >= OVERLAP_WIDE_MIN_SLICE and blocks >= (sms if tile.split_k > 1 else OVERLAP_WIDE_FILL * sms)
 
 
 def _blocks(tile: Schedule, m: int, n: int, n8: int) -> int:
