@@ -238,6 +238,7 @@ def fit(schedule: AnySchedule, k: int, group_size: int) -> AnySchedule:
     return schedule
 
 
+MIXLLM_MAX_OVERLAP_SPLIT = 4  # more fp32 slices cost more to add than the grid gains (H100: 2048 x 8192 at 32-64 tokens, 4 slices 1.17-1.26x faster than 8)
 MIXLLM_MAX_ACC_PER_THREAD = 64  # fp32 + int32 accumulators per thread: 128 registers at this cap
 MIXLLM_FEW_TOKENS_MIN_K = 4096  # from here 5..16 tokens take few_tokens_tile instead of the GEMV (mixllm)
 
@@ -264,7 +265,7 @@ def for_mixllm(schedule: AnySchedule, k: int, group_size: int, arch: str,
     no split-K; an overlapped-decode one (Hopper) takes the overlapped mixllm kernel: 128 x 128
     where the pick had 128-row tiles and no split, else 64 x 128 split over K so that its grid
     has as many blocks as the pick's (half the splits of a 128 x 128 or 64 x 256 pick: twice
-    the blocks).
+    the blocks), at most :data:`MIXLLM_MAX_OVERLAP_SPLIT` slices.
     On the H100 at 96..160 tokens the 128-row tile took 28672 x 8192 from 214-219 to 157-165
     us and lost where the pick was split (4096 x 4096: 25 -> 29 us; docs/kernels.md).  Any
     other in-loop one keeps its split and halves block_m
@@ -290,7 +291,8 @@ def for_mixllm(schedule: AnySchedule, k: int, group_size: int, arch: str,
             fixed = Schedule(128, 128, span, 4, 256, overlap=True)
         else:
             blocks = schedule.block_m * schedule.block_n // (64 * 128)  # 64 x 128 blocks per block of the pick
-            fixed = Schedule(64, 128, span, 4, 256, max(1, schedule.split_k // blocks), overlap=True)
+            split = min(MIXLLM_MAX_OVERLAP_SPLIT, max(1, schedule.split_k // blocks))
+            fixed = Schedule(64, 128, span, 4, 256, split, overlap=True)
     if fixed is not None:
         s = fit(fixed, k, group_size).fitted(arch, has4, has8)
         s.check(k, group_size)
