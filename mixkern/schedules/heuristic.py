@@ -60,7 +60,7 @@ FUSED_MAX_K = 8192  # longer rows: the plain GEMV (see the module docstring)
 TENSOR_CORE_MIN_N = 8192  # M <= 16: from here the 16-token tensor-core tile beats the GEMV
 PREDECODE_MIN_M = 192  # from here decoding the whole layer first, then a plain int8 GEMM, can win (H100, both formats)
 OVERLAP_MIN_M = 5  # from here to OVERLAP_MAX_M the overlapped decode, where its grid fills the GPU (H100)
-OVERLAP_MIN_M_SHORT_K = 17  # below, only on long, wide layers (_few_tokens_overlap)
+OVERLAP_ANY_LAYER_MIN_M = 17  # below, only on long, wide layers (_few_tokens_overlap)
 OVERLAP_FEW_TOKENS_MIN_K = 8192
 OVERLAP_FEW_TOKENS_MIN_N = 3072
 OVERLAP_MAX_M = 384  # above, the predecoded GEMM (H100: it won at 512 tokens on the K = 4096 layers)
@@ -140,15 +140,16 @@ def overlapped(arch: str, m: int, n: int, k: int, n8: int, sms: int, overlap_row
     ``overlap_rows``) that :func:`_overlap_cost` rates fastest."""
     if arch.split("+")[0] != "sm_90a" or not OVERLAP_MIN_M <= m <= min(OVERLAP_MAX_M, 2 * overlap_rows):
         return None
-    if m < OVERLAP_MIN_M_SHORT_K and not _few_tokens_overlap(n, k):
+    if m < OVERLAP_ANY_LAYER_MIN_M and not _few_tokens_overlap(n, k):
         return None
     if m > 128:
         tiles = [_split_tile(Schedule(bm, 128, 128, 4, 256, overlap=True), m, n, k, n8, sms)
                  for bm in OVERLAP_WIDE_ROWS if bm <= overlap_rows]
         return min(tiles, key=lambda t: _overlap_cost(t, m, n, k, n8, sms))
-    wide = _split_tile(OVERLAP_WIDE_WEIGHT_TILE, m, n, k, n8, sms)
-    if m <= 64 and _wide_weight_tile(wide, m, n, k, n8, sms):
-        return wide
+    if m <= 64:
+        wide = _split_tile(OVERLAP_WIDE_WEIGHT_TILE, m, n, k, n8, sms)
+        if _wide_weight_tile(wide, m, n, k, n8, sms):
+            return wide
     for tile in OVERLAP_TILES[:1] if m <= 64 else OVERLAP_TILES[::-1]:
         split = _split_tile(tile, m, n, k, n8, sms)
         if _blocks(split, m, n, n8) * split.split_k >= OVERLAP_FILL * sms:
