@@ -7,7 +7,8 @@ reference, and so is the mixllm format's version of each tile (:func:`for_mixllm
         --tiles bm128_bn128_bk128_s4_t256_sk1_ov bm256_bn128_bk128_s3_t256_sk1_ov --splits 1 2 4
 
 Each tile runs at every split of ``--splits`` that divides K (the key's own sk is replaced).  Prints a
-markdown table, one row per (shape, M), with the fastest tile of each format; ``--json`` keeps every time.
+markdown table, one row per (shape, M), with the fastest tile of each format; ``--json`` keeps every time
+(rewritten after each row).
 """
 import argparse
 import json
@@ -54,9 +55,12 @@ def main() -> None:
     compile_jobs(list(dict.fromkeys(jobs)))
     usable, notes = peers.available(["gemlite_a8w8"], dev)
     print(*notes, sep="\n")
-    rows = [_measure(n, k, m, a, usable, dev, arch, sms) for n, k in shapes for m in a.m]
-    if a.json:
-        json.dump(rows, open(a.json, "w"), indent=1)
+    rows = []
+    for n, k in shapes:
+        for m in a.m:
+            rows.append(_measure(n, k, m, a, usable, dev, arch, sms))
+            if a.json:  # after every row: a run cut short keeps what it measured
+                json.dump(rows, open(a.json, "w"), indent=1)
     print("| N x K | M | cuBLAS fp16 | gemlite A8W8 | pick | best tile | best vs fp16 | best / pick | pick key "
           "| mixllm pick | mixllm best tile | mixllm best / pick |")
     print("|---|---:|---:|---:|---:|---|---:|---:|---|---:|---|---:|")

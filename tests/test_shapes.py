@@ -105,15 +105,16 @@ def test_mixllm_schedules_take_one_activation_group_per_k_tile_and_split_whole_g
         assert not s.predecode or s.split_k == 1
 
 
-@given(block=st.sampled_from([(64, 128), (64, 256), (128, 128)]), split=st.sampled_from([1, 2, 4, 8]),
+@given(block=st.sampled_from([(64, 64), (64, 128), (64, 256), (128, 128)]), split=st.sampled_from([1, 2, 4, 8]),
        k_groups=st.integers(1, 256))
 def test_mixllm_overlapped_tiles_keep_the_picks_block_count(block, split, k_groups):
     """An overlapped pick maps to mixllm's 64 x 128 overlapped kernel with as many blocks: a 64 x 256
     or 128 x 128 pick (twice the 64 x 128 blocks per block) halves its split (a 128 x 128 unsplit
-    pick keeps its tile), at most four slices, then splits halve until they divide K / 128."""
+    pick keeps its tile), a 64 x 64 one doubles it, at most four slices, then splits halve until
+    they divide K / 128."""
     from mixkern.schedules import for_mixllm
     k = 128 * k_groups
-    s = for_mixllm(Schedule(*block, 128, 4, 256, split, overlap=True), k, 128, "sm_90a")
+    s = for_mixllm(Schedule(*block, 128, 4, 128 if block[1] == 64 else 256, split, overlap=True), k, 128, "sm_90a")
     if block == (128, 128) and split == 1:
         assert (s.block_m, s.block_n, s.split_k) == (128, 128, 1)
         return
@@ -148,9 +149,11 @@ def test_tensor_core_tiles_only_beyond_decode_or_for_wide_layers():
 def test_mid_prompts_overlap_the_decode_where_its_grid_fills_the_gpu(m, n, k_tiles, fraction, sms, rows):
     """17..128 tokens on sm_90a, and 5..16 where K >= 8192 and N >= 3072: up to 64 tokens the 64 x
     256 tile where its grid, split over K as below, has slices of at least 2048 and fills a wave
-    (0.8 of one unsplit), else the overlapped-decode tile (64 rows up to 64 tokens, else 128
-    rows, else 64) whose grid of 4-bit and 8-bit tiles, split over K by the least power of two
-    (<= 8, >= 1024 a slice) that reaches it, fills 0.7 of a wave; 129..384 tokens: a 128-, 192-
+    (0.8 of one unsplit), else the 64 x 128 tile if its grid of 4-bit and 8-bit tiles, split over
+    K by the least power of two (<= 8, >= 1024 a slice) that reaches it, fills 0.7 of a wave;
+    65..128 tokens: 128 x 128 where it fills so, unsplit or at K >= 7168 in at most 4 slices, else
+    the one of 64 x 128 and 64 x 64 that fills in the fewest slices (64 x 128 on a tie); from 17
+    tokens and K >= 3072 a layer neither fills runs 64 x 64 split as far as it goes; 129..384 tokens: a 128-, 192-
     or 256-row tile (64 or 128 for a format whose overlapped kernel takes 128 rows, and then only
     up to 256 tokens), the least split that fills the wave, the lowest (waves x (rows + 128) x
     slice) of them -- unless the predecoded GEMM applies and K is split into slices under 3072;
@@ -174,7 +177,14 @@ def test_mid_prompts_overlap_the_decode_where_its_grid_fills_the_gpu(m, n, k_til
             and blocks(64, 256) * wide >= (1 if wide > 1 else 0.8) * waves:
         want = (64, 256, wide)
     elif 17 <= m <= 128 or (5 <= m <= 16 and k >= 8192 and n >= 3072):
-        want = next(((bm, 128, least_split(bm)) for bm in ((64,) if m <= 64 else (128, 64)) if least_split(bm)), None)
+        fills = [(bm, bn, least_split(bm, bn=bn)) for bm, bn in ([(64, 128)] if m <= 64 else [(128, 128), (64, 128), (64, 64)])
+                 if least_split(bm, bn=bn)]
+        if fills and fills[0][0] == 128 and (fills[0][2] == 1 or (k >= 7168 and fills[0][2] <= 4)):
+            want = fills[0]
+        elif any(bm == 64 for bm, _, _ in fills):
+            want = min((t for t in fills if t[0] == 64), key=lambda t: t[2])
+        elif m >= 17 and k >= 3072:
+            want = (64, 64, least_split(64, False, 64))
     elif 129 <= m <= min(384, 2 * rows):
         want = min(((bm, 128, cost(bm)[1]) for bm in (64, 128, 192, 256) if bm <= rows), key=lambda t: cost(t[0])[0])
         if predecoded("sm_90a", m, n, waves) and want[2] > 1 and k // want[2] < 3072:
@@ -199,9 +209,15 @@ def test_mid_prompts_overlap_the_decode_where_its_grid_fills_the_gpu(m, n, k_til
     (4096, 14336, 16, "bm64_bn128_bk128_s4_t256_sk4_ov"),  # 30.7 us, the GEMV 43.0
     (8192, 28672, 32, "bm64_bn256_bk128_s4_t256_sk4_ov"),  # 79.6 us, 64 x 128 90.4
     (14336, 4096, 32, "bm64_bn128_bk128_s4_t256_sk1_ov"),  # 27.9 us, 64 x 256 split in two 30.4
+    (1280, 8192, 32, "bm64_bn64_bk128_s4_t128_sk8_ov"),  # stop 31: 15.5 us, the in-loop tile 18.7
+    (1024, 4096, 128, "bm64_bn64_bk128_s4_t128_sk4_ov"),  # 15.5 us, the in-loop tile 32.9
+    (4608, 3584, 128, "bm64_bn64_bk128_s4_t128_sk1_ov"),  # 24.0 us, 64 x 128 in two slices 26.8
+    (8192, 3584, 128, "bm64_bn128_bk128_s4_t256_sk1_ov"),  # 26.7 us, 128 x 128 in two slices 31.9
+    (4096, 14336, 128, "bm128_bn128_bk128_s4_t256_sk4_ov"),  # 42.3 us, 64 x 64 in two slices 47.9
+    (2048, 2048, 64, "bm32_bn64_bk128_s3_t128_sk1"),  # K < 3072: 14.2 us (64 x 64 13.0, but mixllm's 16.5 against 15.7)
 ])
 def test_wide_overlapped_tiles_where_the_h100_sweep_found_them_fastest(n, k, m, key):
-    """The rule's picks on cells of the stop-29 and stop-30 sweeps (scripts/tile_sweep.py; docs/kernels.md)."""
+    """The rule's picks on cells of the stop-29 to stop-31 sweeps (scripts/tile_sweep.py; docs/kernels.md)."""
     assert choose("sm_90a", m, n, k, 128, n // 10, 132).key == key
 
 

@@ -5,7 +5,7 @@ activation quantization fused in, one or several row groups per block) and small
 tensor-core schedules with split-K; larger buckets try tensor-core tiles only, and above
 M = 64 the predecoded GEMM's tiles beside the in-loop-decode ones; on sm_90a every bucket
 from 16 tokens tries the overlapped decode's tiles too (64 x 128 and 64 x 256 split over K
-up to 64 tokens, 64- to 256-row token tiles above).  Pruning is
+up to 64 tokens, 64- to 256-row token tiles above, 64 x 64 split over K up to 256).  Pruning is
 static, before anything compiles: shared memory per block, accumulator registers per
 thread, K divisibility, wgmma's 64-row minimum per warpgroup, idle lanes in the dp4a
 kernel.  What survives and still fails to compile is reported by the tuner, not hidden.
@@ -47,6 +47,8 @@ def _mma_space(bucket: int) -> list[Schedule]:
     else:
         overlapped = [Schedule(bm, 128, 128, st, 256, overlap=True)
                       for bm, st in itertools.product((64, 128, 192, 256), (3, 4))]
+    if bucket <= 256:  # narrow layers: one warpgroup on 64 weight rows, split over K
+        overlapped += [Schedule(64, 64, 128, st, 128, sk, overlap=True) for st, sk in itertools.product((3, 4), (1, 2, 4, 8))]
     in_loop += overlapped
     if bucket <= 64:
         return in_loop

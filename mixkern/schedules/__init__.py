@@ -265,7 +265,7 @@ def for_mixllm(schedule: AnySchedule, k: int, group_size: int, arch: str,
     no split-K; an overlapped-decode one (Hopper) takes the overlapped mixllm kernel: 128 x 128
     where the pick had 128-row tiles and no split, else 64 x 128 split over K so that its grid
     has as many blocks as the pick's (half the splits of a 128 x 128 or 64 x 256 pick: twice
-    the blocks), at most :data:`MIXLLM_MAX_OVERLAP_SPLIT` slices.
+    the blocks; twice those of a 64 x 64 one), at most :data:`MIXLLM_MAX_OVERLAP_SPLIT` slices.
     On the H100 at 96..160 tokens the 128-row tile took 28672 x 8192 from 214-219 to 157-165
     us and lost where the pick was split (4096 x 4096: 25 -> 29 us; docs/kernels.md).  Any
     other in-loop one keeps its split and halves block_m
@@ -290,8 +290,8 @@ def for_mixllm(schedule: AnySchedule, k: int, group_size: int, arch: str,
         if schedule.block_m >= 128 and schedule.split_k == 1:  # a grid that fills the GPU unsplit: 128 rows
             fixed = Schedule(128, 128, span, 4, 256, overlap=True)
         else:
-            blocks = schedule.block_m * schedule.block_n // (64 * 128)  # 64 x 128 blocks per block of the pick
-            split = min(MIXLLM_MAX_OVERLAP_SPLIT, max(1, schedule.split_k // blocks))
+            same_blocks = schedule.split_k * 64 * 128 // (schedule.block_m * schedule.block_n)  # pick's grid in 64 x 128 tiles
+            split = min(MIXLLM_MAX_OVERLAP_SPLIT, max(1, same_blocks))
             fixed = Schedule(64, 128, span, 4, 256, split, overlap=True)
     if fixed is not None:
         s = fit(fixed, k, group_size).fitted(arch, has4, has8)

@@ -15,7 +15,7 @@ blocks a grid has against the GPU's SM count, and how long one block's K loop is
 * **M <= 16**: on sm_90a, layers with K >= 8192 and N >= 3072 run the overlapped decode below;
   otherwise the GEMV with 8 tokens per block (16 at long K) for N < 8192, and from N = 8192
   the 16-token tensor-core tile, split over K (K >= 16384) until two blocks per SM.
-* **M <= 64**: 64 x 64 tensor-core tiles (32 x 64 when there is not half a block per SM),
+* **M <= 64** otherwise: 64 x 64 tensor-core tiles (32 x 64 when there is not half a block per SM),
   K split in 4 from K = 8192 (the one-warpgroup pipeline is latency-bound: more, shorter
   blocks win).
 * **M > 384**, or 192-384 where the overlapped grid would split K into slices under 3072 (sm_90a,
@@ -26,9 +26,12 @@ blocks a grid has against the GPU's SM count, and how long one block's K loop is
   (1.05-1.32x at 192, up to 2x at 4096), and lost below 128 on the large ones.
 * **17 <= M <= 384** (sm_90a; from 5 tokens on long, wide layers): the in-loop kernel with the
   decode overlapped with asynchronous wgmma (:mod:`mixkern.kernels.overlapped_decode`): 64 x
-  128 tiles up to 64 tokens (64 x 256 on layers whose grid of them still fills a wave), else
-  128 x 128 (64 x 128 if even split that grid stays short), K split in two, four or eight
-  (at least 1024 a slice) until the grid fills 0.7 of a wave.  On the H100 (10% 8-bit, ten
+  128 tiles up to 64 tokens (64 x 256 on layers whose grid of them still fills a wave); at 65-128
+  tokens 128 x 128 where it fills the GPU unsplit or at K >= 7168 in at most four slices, else
+  the one of 64 x 128 and 64 x 64 that fills it in the fewest slices; K split in two, four or
+  eight (at least 1024 a slice) until the grid fills 0.7 of a wave.  A layer none of them fills
+  (tensor-parallel shards, small models; K >= 3072) runs 64 x 64 split as far as it goes: on the
+  H100 1.05-2.15x faster than the one-warpgroup in-loop tiles it ran before (stop 31).  On the H100 (10% 8-bit, ten
   shapes at 32 / 64 / 128 tokens) it took N = 4096 layers at 128 tokens from 0.41-0.51x to
   0.61-1.24x cuBLAS fp16 and 28672 x 8192 at 32 tokens to 1.99x; it lost on 18944 x 3584 at
   32 tokens (40.1 against 35.5 us) and by 7% on 2048 x 8192 at 32 / 64 (docs/kernels.md).
@@ -71,6 +74,11 @@ OVERLAP_MIN_K_PER_SPLIT = 1024
 OVERLAP_FILL = 0.7  # of a wave (one block per SM): the overlapped decode's grid, split over K until it reaches this
 OVERLAP_TILES = (Schedule(64, 128, 128, 4, 256, overlap=True), Schedule(128, 128, 128, 4, 256, overlap=True))
 OVERLAP_WIDE_WEIGHT_TILE = Schedule(64, 256, 128, 4, 256, overlap=True)  # up to 64 tokens, on large layers
+OVERLAP_NARROW_TILE = Schedule(64, 64, 128, 4, 128, overlap=True)  # one consumer warpgroup: twice the blocks of 64 x 128
+OVERLAP_NARROWING_TILES = (*OVERLAP_TILES[::-1], OVERLAP_NARROW_TILE)  # 65..128 tokens, widest first
+SPLIT_128_MIN_K = 7168  # 65..128 tokens: a split 128 x 128 grid needs K this long ...
+SPLIT_128_MAX_SLICES = 4  # ... and at most this many slices (_split_128_pays)
+NARROW_OVERLAP_MIN_K = 3072  # shorter narrow layers keep the in-loop tiles (H100: mixllm's version lost up to 0.79x at K = 2048)
 OVERLAP_WIDE_MIN_SLICE = 2048
 OVERLAP_WIDE_FILL = 0.8  # of a wave, unsplit
 PREDECODE_TILES = (Schedule(128, 256, 128, 3, 256, predecode=True), Schedule(128, 128, 128, 4, 256, predecode=True),
@@ -134,10 +142,12 @@ def overlapped(arch: str, m: int, n: int, k: int, n8: int, sms: int, overlap_row
     wide layers (:func:`_few_tokens_overlap`), and at most two token tiles of ``overlap_rows``
     (each token tile decodes the weights again; mixllm's kernel takes 128 rows, and with three
     of them it lost to the predecoded GEMM on the H100).  Up to 64 tokens: 64 x 256 where
-    :func:`_wide_weight_tile` allows, else 64 x 128; up to 128 tokens the first of 128 x 128 and
-    64 x 128 whose grid of 4-bit and 8-bit tiles, split over K as far as :func:`_overlap_split`
-    allows, fills OVERLAP_FILL of a wave; above, the token tile of OVERLAP_WIDE_ROWS (up to
-    ``overlap_rows``) that :func:`_overlap_cost` rates fastest."""
+    :func:`_wide_weight_tile` allows, else 64 x 128 if its grid of 4-bit and 8-bit tiles, split
+    over K as far as :func:`_overlap_split` allows, fills OVERLAP_FILL of a wave; at 65..128
+    tokens 128 x 128 where it fills so and :func:`_split_128_pays`, else the one of 64 x 128 and 64
+    x 64 that fills in the fewest slices; a layer none fills, :func:`_narrow_layer_tile`; above
+    128 tokens, the token tile of OVERLAP_WIDE_ROWS (up to ``overlap_rows``) that
+    :func:`_overlap_cost` rates fastest."""
     if arch.split("+")[0] != "sm_90a" or not OVERLAP_MIN_M <= m <= min(OVERLAP_MAX_M, 2 * overlap_rows):
         return None
     if m < OVERLAP_ANY_LAYER_MIN_M and not _few_tokens_overlap(n, k):
@@ -150,11 +160,37 @@ def overlapped(arch: str, m: int, n: int, k: int, n8: int, sms: int, overlap_row
         wide = _split_tile(OVERLAP_WIDE_WEIGHT_TILE, m, n, k, n8, sms)
         if _wide_weight_tile(wide, m, n, k, n8, sms):
             return wide
-    for tile in OVERLAP_TILES[:1] if m <= 64 else OVERLAP_TILES[::-1]:
-        split = _split_tile(tile, m, n, k, n8, sms)
-        if _blocks(split, m, n, n8) * split.split_k >= OVERLAP_FILL * sms:
-            return split
-    return None
+    tiles = [_split_tile(t, m, n, k, n8, sms) for t in (OVERLAP_TILES[:1] if m <= 64 else OVERLAP_NARROWING_TILES)]
+    filled = [t for t in tiles if _blocks(t, m, n, n8) * t.split_k >= OVERLAP_FILL * sms]
+    if m > 64 and filled and filled[0].block_m == 128 and _split_128_pays(filled[0], k):
+        return filled[0]
+    filled = [t for t in filled if t.block_m == 64]
+    if filled:  # up to 64 tokens 64 x 128; above, the 64-row tile needing the fewest K slices (ties: the wider)
+        return min(filled, key=lambda t: t.split_k)
+    return _narrow_layer_tile(m, n, k, n8, sms)
+
+
+def _split_128_pays(tile: Schedule, k: int) -> bool:
+    """65..128 tokens: whether a 128 x 128 grid that fills the GPU runs rather than the 64-row
+    tiles.  One 128-row block decodes its weights once for all the tokens (two 64-row blocks decode
+    them twice), but each K slice costs a pass over the output: unsplit it always ran; split, it won
+    only at K >= SPLIT_128_MIN_K in at most four slices (H100, 22 layer shapes at 80-128 tokens:
+    4096 x 7168, 4096 x 14336, 3584 x 18944, 8192 x 8192, 7168 x 8192 1.04-1.27x over the 64-row
+    tiles; at K <= 5120 or in 8 slices it lost 1.02-1.47x to a 64-row tile in fewer slices)."""
+    return tile.split_k == 1 or (k >= SPLIT_128_MIN_K and tile.split_k <= SPLIT_128_MAX_SLICES)
+
+
+def _narrow_layer_tile(m: int, n: int, k: int, n8: int, sms: int) -> Schedule | None:
+    """17..128 tokens on a layer too narrow for a 64 x 128 grid to fill the GPU even split over K
+    (tensor-parallel shards, small models): the 64 x 64 overlapped tile, split as far as
+    :func:`_overlap_split` goes, from K = NARROW_OVERLAP_MIN_K.  On the H100 (10% 8-bit, 32 and 64
+    tokens) it beat the one-warpgroup in-loop tiles these layers ran 1.14-2.06x on nine layers of
+    896-4608 features and K = 3072-14336 (mixllm's 64 x 128 version 0.94-2.61x); at K = 2048 it
+    gained 1.02-1.13x but mixllm's version lost up to 0.79x, and at K = 1024 / 1536 it tied
+    (docs/kernels.md, "Narrow layers")."""
+    if m < OVERLAP_ANY_LAYER_MIN_M or k < NARROW_OVERLAP_MIN_K:
+        return None
+    return _split_tile(OVERLAP_NARROW_TILE, m, n, k, n8, sms)
 
 
 def _few_tokens_overlap(n: int, k: int) -> bool:
