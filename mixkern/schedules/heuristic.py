@@ -30,8 +30,8 @@ blocks a grid has against the GPU's SM count, and how long one block's K loop is
   tokens 128 x 128 where it fills the GPU unsplit or at K >= 7168 in at most four slices, else
   the one of 64 x 128 and 64 x 64 that fills it in the fewest slices; K split in two, four or
   eight (at least 1024 a slice) until the grid fills 0.7 of a wave.  A layer none of them fills
-  (tensor-parallel shards, small models; K >= 3072) runs 64 x 64 split as far as it goes: on the
-  H100 1.05-2.15x faster than the one-warpgroup in-loop tiles it ran before (stop 31).  On the H100 (10% 8-bit, ten
+  (tensor-parallel shards, small models; K >= 3072) runs 64 x 64 split as far as it goes (stop 31:
+  every pick this changed ran 1.05-2.15x faster on the H100).  On the H100 (10% 8-bit, ten
   shapes at 32 / 64 / 128 tokens) it took N = 4096 layers at 128 tokens from 0.41-0.51x to
   0.61-1.24x cuBLAS fp16 and 28672 x 8192 at 32 tokens to 1.99x; it lost on 18944 x 3584 at
   32 tokens (40.1 against 35.5 us) and by 7% on 2048 x 8192 at 32 / 64 (docs/kernels.md).
@@ -174,7 +174,7 @@ def _split_128_pays(tile: Schedule, k: int) -> bool:
     """65..128 tokens: whether a 128 x 128 grid that fills the GPU runs rather than the 64-row
     tiles.  One 128-row block decodes its weights once for all the tokens (two 64-row blocks decode
     them twice), but each K slice costs a pass over the output: unsplit it always ran; split, it won
-    only at K >= SPLIT_128_MIN_K in at most four slices (H100, 22 layer shapes at 80-128 tokens:
+    only at K >= SPLIT_128_MIN_K in at most four slices (H100, some twenty layer shapes at 80-128 tokens:
     4096 x 7168, 4096 x 14336, 3584 x 18944, 8192 x 8192, 7168 x 8192 1.04-1.27x over the 64-row
     tiles; at K <= 5120 or in 8 slices it lost 1.02-1.47x to a 64-row tile in fewer slices)."""
     return tile.split_k == 1 or (k >= SPLIT_128_MIN_K and tile.split_k <= SPLIT_128_MAX_SLICES)
