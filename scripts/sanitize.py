@@ -28,6 +28,7 @@ CASES = [  # (M, N, schedule): decode kernel (plain, fused, streamed), tensor-co
     (200, 330, Schedule(192, 128, 128, 4, 256, overlap=True)), (257, 300, Schedule(256, 128, 128, 4, 256, 2, overlap=True)),
     (9, 600, Schedule(64, 256, 128, 4, 256, overlap=True)), (40, 520, Schedule(64, 256, 128, 4, 256, 4, overlap=True)),
     (20, 130, Schedule(64, 64, 128, 4, 128, overlap=True)), (100, 300, Schedule(64, 64, 128, 4, 128, 4, overlap=True)),
+    (30, 200, Schedule(64, 64, 64, 4, 128, 4, overlap=True)),
 ]
 if "--overlap" in sys.argv:  # only the overlapped decode's cases
     CASES = [c for c in CASES if isinstance(c[2], Schedule) and c[2].overlap]

@@ -34,7 +34,8 @@ BF16 = STRUCTURAL[1::2] + STRUCTURAL[6::2]  # half the code paths, and both over
 WIDE_OVERLAPPED = (Schedule(192, 128, 128, 4, 256, overlap=True),  # Hopper, 129..384 tokens: one tile decodes once
                    Schedule(256, 128, 128, 4, 256, 2, overlap=True),  # for up to 256 token rows
                    Schedule(64, 256, 128, 4, 256, 4, overlap=True),  # 5..64 tokens, large layers: 128 weight rows a warpgroup
-                   Schedule(64, 64, 128, 4, 128, 4, overlap=True))  # 17..128 tokens, narrow layers: one warpgroup, 64 rows
+                   Schedule(64, 64, 128, 4, 128, 4, overlap=True),  # 17..128 tokens, narrow layers: one warpgroup, 64 rows
+                   Schedule(64, 64, 64, 4, 128, 4, overlap=True))  # ... 64-wide K tiles where K / 128 splits no further
 MIXLLM_OVERLAPPED = (Schedule(128, 128, 128, 4, 256, 4, overlap=True),  # mixllm: 64 x 128, K in two slices
                      Schedule(128, 128, 128, 4, 256, overlap=True))  # mixllm: 128 x 128
 

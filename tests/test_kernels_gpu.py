@@ -114,10 +114,10 @@ MID_SHAPES = [(64, 14336, 4096), (77, 14000, 4096), (100, 28672, 8192), (128, 14
               (191, 11008, 4096), (20, 14336, 4096), (33, 4096, 14336), (128, 4096, 4096), (150, 3584, 18944),
               (40, 2000, 8192), (200, 14336, 4096), (300, 4096, 14336), (384, 18944, 3584), (257, 1000, 8192),
               (5, 4096, 14336), (12, 8000, 8192), (40, 28000, 8192), (32, 1280, 8192), (50, 1000, 4096),
-              (96, 3000, 3584), (100, 2000, 11008)]
+              (96, 3000, 3584), (100, 2000, 11008), (40, 2000, 11008), (24, 1500, 8960)]
 # (M, N, K) that the overlapped decode serves on an H100: 33 / 128 / 150 / 40 / 300 / 257 / 5 / 12 split K, 200 .. 384
 # wide token tiles, 12 and 40 the 64 x 256 tile (split, unsplit); below 17 tokens only long, wide layers; the last
-# four narrow layers on the 64 x 64 tile (split 8, 4, unsplit, 2 of K = 11008)
+# four narrow layers on the 64 x 64 tile (split 8, 4, unsplit, 2 of K = 11008), two on its 64-wide K tiles in four slices
 
 
 @pytest.mark.parametrize("m, n, k", MID_SHAPES, ids=lambda v: str(v))

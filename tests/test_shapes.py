@@ -153,7 +153,9 @@ def test_mid_prompts_overlap_the_decode_where_its_grid_fills_the_gpu(m, n, k_til
     K by the least power of two (<= 8, >= 1024 a slice) that reaches it, fills 0.7 of a wave;
     65..128 tokens: 128 x 128 where it fills so, unsplit or at K >= 7168 in at most 4 slices, else
     the one of 64 x 128 and 64 x 64 that fills in the fewest slices (64 x 128 on a tie); from 17
-    tokens and K >= 3072 a layer neither fills runs 64 x 64 split as far as it goes; 129..384 tokens: a 128-, 192-
+    tokens and K >= 3072 a layer neither fills runs 64 x 64 split as far as it goes (up to 64 tokens with
+    64-wide K tiles at twice that split where only K / 128's lack of factors of two left it under 0.6 of
+    a wave); 129..384 tokens: a 128-, 192-
     or 256-row tile (64 or 128 for a format whose overlapped kernel takes 128 rows, and then only
     up to 256 tokens), the least split that fills the wave, the lowest (waves x (rows + 128) x
     slice) of them -- unless the predecoded GEMM applies and K is split into slices under 3072;
@@ -172,7 +174,7 @@ def test_mid_prompts_overlap_the_decode_where_its_grid_fills_the_gpu(m, n, k_til
     def cost(bm):
         sp = least_split(bm, fill=False)
         return -(-blocks(bm) * sp // waves) * (bm + 128) * k / sp, sp
-    want, wide = None, least_split(64, False, 256)
+    want, wide, half_k = None, least_split(64, False, 256), False
     if (17 <= m <= 64 or (5 <= m <= 16 and k >= 8192 and n >= 3072)) and k // wide >= 2048 \
             and blocks(64, 256) * wide >= (1 if wide > 1 else 0.8) * waves:
         want = (64, 256, wide)
@@ -185,13 +187,17 @@ def test_mid_prompts_overlap_the_decode_where_its_grid_fills_the_gpu(m, n, k_til
             want = min((t for t in fills if t[0] == 64), key=lambda t: t[2])
         elif m >= 17 and k >= 3072:
             want = (64, 64, least_split(64, False, 64))
+            sp = 2 * want[2]  # up to 64 tokens: 64-wide K tiles at twice the split where K / 128 has no more factors of 2
+            if m <= 64 and blocks(64, 64) * want[2] < 0.6 * waves and sp <= 8 and k % (128 * sp) and k % (64 * sp) == 0 \
+                    and k // sp >= 1024:
+                want, half_k = (64, 64, sp), True
     elif 129 <= m <= min(384, 2 * rows):
         want = min(((bm, 128, cost(bm)[1]) for bm in (64, 128, 192, 256) if bm <= rows), key=lambda t: cost(t[0])[0])
         if predecoded("sm_90a", m, n, waves) and want[2] > 1 and k // want[2] < 3072:
             want = None
     assert getattr(s, "overlap", False) == (want is not None)
     if want is not None:
-        assert (s.block_m, s.block_n, s.split_k) == want
+        assert (s.block_m, s.block_n, s.split_k, s.block_k) == (*want, 64 if half_k else 128)
         assert s == pick("sm_90a", m, n, k, 128, n8, sms, rows)
     assert not getattr(choose("sm_80", m, n, k, 128, n8, sms, rows), "overlap", False)
 
@@ -214,10 +220,14 @@ def test_mid_prompts_overlap_the_decode_where_its_grid_fills_the_gpu(m, n, k_til
     (4608, 3584, 128, "bm64_bn64_bk128_s4_t128_sk1_ov"),  # 24.0 us, 64 x 128 in two slices 26.8
     (8192, 3584, 128, "bm64_bn128_bk128_s4_t256_sk1_ov"),  # 26.7 us, 128 x 128 in two slices 31.9
     (4096, 14336, 128, "bm128_bn128_bk128_s4_t256_sk4_ov"),  # 42.3 us, 64 x 64 in two slices 47.9
+    (2048, 11008, 32, "bm64_bn64_bk64_s4_t128_sk4_ov"),  # stop 32: 25.4 us, 128-wide K tiles in two slices 29.3
+    (896, 4864, 64, "bm64_bn64_bk64_s4_t128_sk4_ov"),  # 15.1 us, 128-wide K tiles in two slices 17.1
+    (2048, 11008, 128, "bm64_bn64_bk128_s4_t128_sk2_ov"),  # 30.9 us; 64-wide in four slices 30.8: kept
+    (5120, 3456, 32, "bm64_bn64_bk128_s4_t128_sk1_ov"),  # 0.67 of a wave: 18.8 us, 64-wide in two slices 20.4
     (2048, 2048, 64, "bm32_bn64_bk128_s3_t128_sk1"),  # K < 3072: 14.2 us (64 x 64 13.0, but mixllm's 16.5 against 15.7)
 ])
 def test_wide_overlapped_tiles_where_the_h100_sweep_found_them_fastest(n, k, m, key):
-    """The rule's picks on cells of the stop-29 to stop-31 sweeps (scripts/tile_sweep.py; docs/kernels.md)."""
+    """The rule's picks on cells of the stop-29 to stop-32 sweeps (scripts/tile_sweep.py; docs/kernels.md)."""
     assert choose("sm_90a", m, n, k, 128, n // 10, 132).key == key
 
 

@@ -31,7 +31,9 @@ blocks a grid has against the GPU's SM count, and how long one block's K loop is
   the one of 64 x 128 and 64 x 64 that fills it in the fewest slices; K split in two, four or
   eight (at least 1024 a slice) until the grid fills 0.7 of a wave.  A layer none of them fills
   (tensor-parallel shards, small models; K >= 3072) runs 64 x 64 split as far as it goes (stop 31:
-  every pick this changed ran 1.05-2.15x faster on the H100).  On the H100 (10% 8-bit, ten
+  every pick this changed ran 1.05-2.15x faster on the H100), up to 64 tokens with 64-wide K tiles at
+  twice the split where K / 128 splits no further and the grid stays under 0.6 of a wave (stop 32:
+  1.03-1.15x on seven layers).  On the H100 (10% 8-bit, ten
   shapes at 32 / 64 / 128 tokens) it took N = 4096 layers at 128 tokens from 0.41-0.51x to
   0.61-1.24x cuBLAS fp16 and 28672 x 8192 at 32 tokens to 1.99x; it lost on 18944 x 3584 at
   32 tokens (40.1 against 35.5 us) and by 7% on 2048 x 8192 at 32 / 64 (docs/kernels.md).
@@ -79,6 +81,9 @@ OVERLAP_NARROWING_TILES = (*OVERLAP_TILES[::-1], OVERLAP_NARROW_TILE)  # 65..128
 SPLIT_128_MIN_K = 7168  # 65..128 tokens: a split 128 x 128 grid needs K this long ...
 SPLIT_128_MAX_SLICES = 4  # ... and at most this many slices (_split_128_pays)
 NARROW_OVERLAP_MIN_K = 3072  # shorter narrow layers keep the in-loop tiles (H100: mixllm's version lost up to 0.79x at K = 2048)
+NARROW_HALF_K_MAX_M = 64  # up to here a narrow layer whose K / 128 splits no further takes 64-wide K tiles (_half_k_tiles)
+HALF_K_TILE = 64
+HALF_K_MAX_FILL = 0.6  # ... where its 128-wide grid fills less than this of a wave (H100: 0.55 gained, 0.67 lost)
 OVERLAP_WIDE_MIN_SLICE = 2048
 OVERLAP_WIDE_FILL = 0.8  # of a wave, unsplit
 PREDECODE_TILES = (Schedule(128, 256, 128, 3, 256, predecode=True), Schedule(128, 128, 128, 4, 256, predecode=True),
@@ -190,7 +195,24 @@ def _narrow_layer_tile(m: int, n: int, k: int, n8: int, sms: int) -> Schedule | 
     (docs/kernels.md, "Narrow layers")."""
     if m < OVERLAP_ANY_LAYER_MIN_M or k < NARROW_OVERLAP_MIN_K:
         return None
-    return _split_tile(OVERLAP_NARROW_TILE, m, n, k, n8, sms)
+    tile = _split_tile(OVERLAP_NARROW_TILE, m, n, k, n8, sms)
+    return _half_k_tiles(tile, m, n, k, n8, sms) if m <= NARROW_HALF_K_MAX_M else tile
+
+
+def _half_k_tiles(tile: Schedule, m: int, n: int, k: int, n8: int, sms: int) -> Schedule:
+    """``tile`` (17..64 tokens, a narrow layer's 64 x 64 split grid) with 64-wide K tiles at twice
+    the split, where its grid stayed under HALF_K_MAX_FILL of a wave only because K / 128 has no
+    further factor of two (K = 11008 = 86 x 128, 8960, 4864, 4480, 5504, 4736): more, shorter
+    blocks.  On the H100 at 24 / 32 / 64 tokens this ran 1.03-1.15x faster on seven such layers whose
+    grid filled 0.24-0.55 of a wave (2048 x 11008, 1536 x 8960, 896 x 4864: 1.13-1.15x) and 0.90-0.92x
+    on 5120 x 3456, at 0.67; at 128 tokens only 1.00-1.09x, so 65..128 tokens keep 128-wide tiles
+    (docs/kernels.md, "Narrow layers")."""
+    split = 2 * tile.split_k
+    short = _blocks(tile, m, n, n8) * tile.split_k < HALF_K_MAX_FILL * sms
+    stopped_by_k = k % (tile.block_k * split) != 0 and k % (HALF_K_TILE * split) == 0
+    if short and split <= 8 and stopped_by_k and k // split >= OVERLAP_MIN_K_PER_SPLIT:
+        return Schedule(tile.block_m, tile.block_n, HALF_K_TILE, tile.stages, tile.threads, split, overlap=True)
+    return tile
 
 
 def _few_tokens_overlap(n: int, k: int) -> bool:
