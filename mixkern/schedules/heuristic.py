@@ -73,6 +73,7 @@ OVERLAP_WIDE_ROWS = (64, 128, 192, 256)  # token tiles of the overlapped decode 
 OVERLAP_DECODE_ROWS = 128  # a block's decode costs about as much as this many more token rows of MMA (H100 fit)
 PREDECODE_MIN_SLICE = 3072  # from 192 tokens an overlapped grid split into shorter K slices loses to the predecoded GEMM
 OVERLAP_MIN_K_PER_SPLIT = 1024
+OVERLAP_MAX_SPLIT = 8
 OVERLAP_FILL = 0.7  # of a wave (one block per SM): the overlapped decode's grid, split over K until it reaches this
 OVERLAP_TILES = (Schedule(64, 128, 128, 4, 256, overlap=True), Schedule(128, 128, 128, 4, 256, overlap=True))
 OVERLAP_WIDE_WEIGHT_TILE = Schedule(64, 256, 128, 4, 256, overlap=True)  # up to 64 tokens, on large layers
@@ -209,8 +210,8 @@ def _half_k_tiles(tile: Schedule, m: int, n: int, k: int, n8: int, sms: int) -> 
     (docs/kernels.md, "Narrow layers")."""
     split = 2 * tile.split_k
     short = _blocks(tile, m, n, n8) * tile.split_k < HALF_K_MAX_FILL * sms
-    stopped_by_k = k % (tile.block_k * split) != 0 and k % (HALF_K_TILE * split) == 0
-    if short and split <= 8 and stopped_by_k and k // split >= OVERLAP_MIN_K_PER_SPLIT:
+    stopped_by_k = k % (tile.block_k * split) != 0 and _overlap_splittable(k, split, HALF_K_TILE)
+    if short and stopped_by_k:
         return Schedule(tile.block_m, tile.block_n, HALF_K_TILE, tile.stages, tile.threads, split, overlap=True)
     return tile
 
@@ -256,16 +257,18 @@ def _overlap_cost(tile: Schedule, m: int, n: int, k: int, n8: int, sms: int) -> 
 
 
 def _overlap_split(k: int, blocks: int, sms: int) -> int:
-    """K slices (powers of two, at most 8, each at least OVERLAP_MIN_K_PER_SPLIT long) until the
+    """K slices (powers of two, at most OVERLAP_MAX_SPLIT, each at least OVERLAP_MIN_K_PER_SPLIT long) until the
     grid fills OVERLAP_FILL of a wave."""
     split = 1
-    while blocks * split < OVERLAP_FILL * sms and split < 8 and _overlap_splittable(k, split * 2):
+    while blocks * split < OVERLAP_FILL * sms and _overlap_splittable(k, split * 2):
         split *= 2
     return split
 
 
-def _overlap_splittable(k: int, split: int) -> bool:
-    return k % (128 * split) == 0 and k // split >= OVERLAP_MIN_K_PER_SPLIT
+def _overlap_splittable(k: int, split: int, block_k: int = 128) -> bool:
+    """Whether K splits into ``split`` slices of whole ``block_k`` tiles, each at least
+    OVERLAP_MIN_K_PER_SPLIT long, within OVERLAP_MAX_SPLIT slices."""
+    return split <= OVERLAP_MAX_SPLIT and k % (block_k * split) == 0 and k // split >= OVERLAP_MIN_K_PER_SPLIT
 
 
 def _predecoded_tile(m: int, n: int, sms: int) -> Schedule:
