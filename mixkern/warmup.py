@@ -50,15 +50,15 @@ def kernel_jobs(arch: str, shapes, dtypes=("float16",), max_tokens: int = 8192, 
     """The ``compiled`` argument tuples of every kernel these layer shapes -- (N, K, group
     size, 8-bit rows[, format]) -- launch for any M from 1 to ``max_tokens``."""
     from .kernels.launch import kernel_jobs as jobs_of
-    from .schedules import overlap_rows, pick
+    from .schedules import format_pick, pick
     from .schedules.heuristic import distinct_token_counts
     choose = pick.__wrapped__  # uncached: hundreds of M values would flush pick's cache
     ms = distinct_token_counts(max_tokens)
     jobs = {}
     for n, k, group_size, n8, *fmt in shapes:
         has4, has8 = n8 < n, n8 > 0
-        rows = overlap_rows(fmt[0] if fmt else "progressive")
-        for schedule in {choose(arch, m, n, k, group_size, n8, sms, rows) for m in ms}:
+        options = format_pick(fmt[0] if fmt else "progressive")
+        for schedule in {choose(arch, m, n, k, group_size, n8, sms, **options) for m in ms}:
             for dtype in dtypes:
                 jobs.update(dict.fromkeys(jobs_of(arch, k, group_size, schedule, dtype, has4, has8, *fmt)))
     return sorted(jobs, key=str)

@@ -10,7 +10,7 @@ import os, torch
 import mixkern
 from mixkern.bench import _rotated_ms, random_layer, rotated_operands
 from mixkern.kernels import launch as L
-from mixkern.schedules import Schedule as S, overlap_rows, pick
+from mixkern.schedules import Schedule as S, format_pick, pick
 from mixkern.warmup import compile_jobs
 from mixkern.reference import quantize_for, reference_gemm_quantized
 dev = torch.device("cuda"); arch, sms = L.arch_of(dev), L.sm_count(dev)
@@ -43,7 +43,7 @@ def forced(tile, run):
 jobs = []
 for n, k in shapes:
     for m in ms:
-        p = pick(arch, m, n, k, 128, n // 10, sms, overlap_rows("mixllm"))  # the pick mixllm's tiles derive from
+        p = pick(arch, m, n, k, 128, n // 10, sms, **format_pick("mixllm"))  # the pick mixllm's tiles derive from
         jobs += L.kernel_jobs(arch, k, 128, pick(arch, m, n, k, 128, n // 10, sms), "float16", True, True, "progressive")
         jobs += L.kernel_jobs(arch, k, 128, p, "float16", True, True, "mixllm")
         for tile in (wide(p), narrow(p)):
@@ -56,7 +56,7 @@ print("|---|---:|---:|---:|---:|---:|---:|---|---|", flush=True)
 for n, k in shapes:
     wh, pws = random_layer(n, k, dev)
     for m in ms:
-        p = pick(arch, m, n, k, 128, n // 10, sms, overlap_rows("mixllm"))
+        p = pick(arch, m, n, k, 128, n // 10, sms, **format_pick("mixllm"))
         c, xs, whs, cps = rotated_operands(wh, m, pws)
         t16 = _rotated_ms(lambda i: xs[i] @ whs[i % len(whs)].T, c) * 1e3
         tp = _rotated_ms(lambda i: mixkern.gemm(xs[i], cps["progressive"][i]), c) * 1e3

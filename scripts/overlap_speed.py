@@ -16,7 +16,7 @@ from mixkern import peers
 from mixkern.bench import _rotated_ms, rotated_operands
 from mixkern.kernels import launch as L
 from mixkern.reference import quantize_for, reference_gemm_quantized
-from mixkern.schedules import overlap_rows, pick
+from mixkern.schedules import format_pick, pick
 from mixkern.warmup import compile_jobs
 
 DEFAULT = [(n, k, (32, 64, 128)) for n, k in [(4096, 4096), (1024, 4096), (14336, 4096), (4096, 14336), (8192, 8192),
@@ -40,7 +40,7 @@ def main() -> int:
             for on in (True, False):
                 use_stop24_rule(on)
                 jobs += [j for f in FORMATS
-                         for j in L.kernel_jobs(arch, k, 128, pick(arch, m, n, k, 128, n // 10, sms, overlap_rows(f)), "float16", True, True, f)]
+                         for j in L.kernel_jobs(arch, k, 128, pick(arch, m, n, k, 128, n // 10, sms, **format_pick(f)), "float16", True, True, f)]
     compile_jobs(list(dict.fromkeys(jobs)))
     usable, notes = peers.available(["gemlite_a8w8"], dev)
     print(*notes, sep="\n")

@@ -20,8 +20,12 @@ sys.path.insert(0, os.path.dirname(__file__))
 DUMP = """
 import json, sys
 from mixkern.schedules import overlap_rows, pick
+try:
+    from mixkern.schedules import format_pick
+except ImportError:  # a checkout before stop 33: the format's only pick option was overlap_rows
+    format_pick = lambda f: {"overlap_rows": overlap_rows(f)}  # noqa: E731
 cells = json.loads(sys.argv[1])
-print(json.dumps([[pick("sm_90a", m, n, k, 128, n // 10, 132, overlap_rows(f)).key for f in ("progressive", "mixllm")]
+print(json.dumps([[pick("sm_90a", m, n, k, 128, n // 10, 132, **format_pick(f)).key for f in ("progressive", "mixllm")]
                   for n, k, m in cells]))
 """
 

@@ -12,7 +12,7 @@ import mixkern
 from mixkern import tolerance
 from mixkern.reference import float64_gemm_quantized, reference_gemm_quantized, quantize_for, token_slices
 from mixkern.kernels import launch as L
-from mixkern.schedules import Schedule, overlap_rows, pick, fit
+from mixkern.schedules import Schedule, format_pick, pick, fit
 from mixkern.warmup import compile_jobs
 from mixkern.bench import _rotated_ms, copies_needed, _clone_packed
 dev = torch.device("cuda"); arch, sms = L.arch_of(dev), L.sm_count(dev)
@@ -28,7 +28,7 @@ for fmt in ("progressive", "mixllm"):
     cases += [(m, n, k, f, (F16, B16)[i % 2], 128, fmt, None) for i, (m, n, k) in enumerate(shapes) for f in (0.0, 0.1, 1.0)]
 def sched(c):
     m, n, k, f, d, g, fmt, s = c
-    return s or pick(arch, m, n, k, g, round(f * n), sms, overlap_rows(fmt))
+    return s or pick(arch, m, n, k, g, round(f * n), sms, **format_pick(fmt))
 jobs = [j for c in cases for j in L.kernel_jobs(arch, c[2], c[5], fit(sched(c), c[2], c[5]), str(c[4]).split(".")[1],
                                                  round(c[3] * c[1]) < c[1], c[3] > 0, c[6])]
 t0 = time.time(); compile_jobs(list(dict.fromkeys(jobs))); print(f"compiled {len(set(jobs))} in {time.time()-t0:.0f}s", flush=True)

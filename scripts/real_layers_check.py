@@ -9,7 +9,7 @@ import mixkern
 from strategies import gpu_case
 from mixkern.kernels import launch as L
 from mixkern.reference import quantize_for, reference_gemm_quantized
-from mixkern.schedules import pick, overlap_rows, for_mixllm
+from mixkern.schedules import pick, format_pick, for_mixllm
 from mixkern.shapes import CONFIGS, layer_shapes
 from mixkern.warmup import compile_jobs
 L.POISON_OUTPUT = True
@@ -17,7 +17,7 @@ dev = torch.device("cuda"); arch, sms = L.arch_of(dev), L.sm_count(dev)
 shapes = sorted({s for name in ("qwen2.5-1.5b", "qwen2.5-7b") for s in layer_shapes(CONFIGS[name]).values()})
 MS = (1, 3, 8, 12, 17, 40, 100)
 cases = [(m, n, k, f, (torch.float16, torch.bfloat16)[i % 2]) for i, (n, k) in enumerate(shapes) for m in MS for f in ("progressive", "mixllm")]
-def sched(m, n, k, f): return pick(arch, m, n, k, 128, round(0.1 * n), sms, overlap_rows(f))
+def sched(m, n, k, f): return pick(arch, m, n, k, 128, round(0.1 * n), sms, **format_pick(f))
 jobs = [j for m, n, k, f, d in cases for j in L.kernel_jobs(arch, k, 128, sched(m, n, k, f), str(d).split(".")[1], True, True, f)]
 compile_jobs(list(dict.fromkeys(jobs)))
 bad = new = 0

@@ -18,7 +18,7 @@ import torch
 
 import mixkern
 from mixkern.kernels import launch as L
-from mixkern.schedules import for_mixllm, overlap_rows, pick
+from mixkern.schedules import for_mixllm, format_pick, pick
 from mixkern.bench import _clone_packed, _rotated_ms, copies_needed
 from mixkern.reference import quantize_for, reference_gemm_quantized
 from mixkern.warmup import compile_jobs
@@ -77,7 +77,7 @@ def main():
     arch, sms = L.arch_of(dev), L.sm_count(dev)
     fmts = {fmt, "progressive"} if now else {fmt}
     compile_jobs(list(dict.fromkeys(j for n, k in SHAPES for m in MS for f in fmts for j in L.kernel_jobs(
-        arch, k, 128, pick(arch, m, n, k, 128, n // 10, sms, overlap_rows(f)), "float16", True, True, f))))
+        arch, k, 128, pick(arch, m, n, k, 128, n // 10, sms, **format_pick(f)), "float16", True, True, f))))
     rows, path = [], f"{out}/store_{args.tag}_{fmt}.json"
     for n, k in SHAPES:
         w = torch.randn(n, k, device=dev) * 0.05
@@ -85,7 +85,7 @@ def main():
         pws = {f: mixkern.quantize_weight(w, idx, 128, format=f) for f in fmts}
         for m in MS:
             row = time_cell(n, k, m, pws, w.half(), fmt, now)
-            s = pick(arch, m, n, k, 128, n // 10, sms, overlap_rows(fmt))
+            s = pick(arch, m, n, k, 128, n // 10, sms, **format_pick(fmt))
             row["key"] = (for_mixllm(s, k, 128, arch) if fmt == "mixllm" else s).key
             rows.append(row)
             json.dump(rows, open(path, "w"))

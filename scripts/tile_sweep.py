@@ -22,20 +22,29 @@ from mixkern.bench import _rotated_ms, format_times, random_layer
 from mixkern.kernels import launch as L
 from mixkern.reference import quantize_for, reference_gemm_quantized
 from mixkern.format import WeightFormat
-from mixkern.schedules import for_mixllm, overlap_rows, pick, schedule_from_key
+from mixkern.schedules import for_mixllm, format_pick, pick, schedule_from_key
 from mixkern.warmup import compile_jobs
 
 
 def variants(tiles: list[str], splits: list[int], k: int) -> list:
-    """The tile schedules at each split that divides K, each once."""
+    """The tile schedules at each split that runs this K, each once."""
     out = []
     for key in tiles:
         base = schedule_from_key(key)
         for sk in splits:
             s = replace(base, split_k=sk)
-            if k % (s.block_k * sk) == 0 and s not in out:
+            if _runs(s, k) and s not in out:
                 out.append(s)
     return out
+
+
+def _runs(s, k: int) -> bool:
+    """Whether schedule ``s`` runs a K-long reduction (group size 128)."""
+    try:
+        s.check(k, 128)
+    except ValueError:
+        return False
+    return True
 
 
 def main() -> None:
@@ -44,13 +53,16 @@ def main() -> None:
     ap.add_argument("--m", nargs="+", type=int, default=[192, 256, 384])
     ap.add_argument("--tiles", nargs="*", default=[], help="schedule keys (progressive format); none: the picks only")
     ap.add_argument("--splits", nargs="+", type=int, default=[1])
+    ap.add_argument("--formats", nargs="+", default=["progressive", "mixllm"], choices=["progressive", "mixllm"],
+                    help="formats whose tiles are timed (the picks of both are always timed)")
     ap.add_argument("--json", help="write every time here")
     a = ap.parse_args()
     dev = torch.device("cuda")
     arch, sms = L.arch_of(dev), L.sm_count(dev)
     shapes = [tuple(map(int, s.split("x"))) for s in a.shapes]
     jobs = [j for n, k in shapes for m in a.m for f in ("progressive", "mixllm")
-            for s in [pick(arch, m, n, k, 128, n // 10, sms, overlap_rows(f)), *variants(a.tiles, a.splits, k)]
+            for s in [pick(arch, m, n, k, 128, n // 10, sms, **format_pick(f)),
+                      *(variants(a.tiles, a.splits, k) if f in a.formats else [])]
             for j in L.kernel_jobs(arch, k, 128, s, "float16", True, True, f)]
     compile_jobs(list(dict.fromkeys(jobs)))
     usable, notes = peers.available(["gemlite_a8w8"], dev)
@@ -88,7 +100,8 @@ def _measure(n, k, m, a, usable, dev, arch, sms) -> dict:
            "pick_key": pick(arch, m, n, k, 128, n // 10, sms).key,
            "peer": _rotated_ms(lambda i: peer(xs[i]), c) * 1e3 if peer else float("nan")}
     for fmt, name in (("progressive", "tiles"), ("mixllm", "mixllm_tiles")):
-        row[name] = _time_tiles(variants(a.tiles, a.splits, k), m, pws[fmt], xs, cps[fmt], c, dev, arch)
+        tiles = variants(a.tiles, a.splits, k) if fmt in a.formats else []
+        row[name] = _time_tiles(tiles, m, pws[fmt], xs, cps[fmt], c, dev, arch)
     print(f"{n}x{k} M={m}: fp16 {row['fp16']:.1f} pick {row['pick']:.1f} mixllm pick {row['mixllm']:.1f} "
           + " ".join(f"{key} {v:.1f}" for key, v in row["tiles"].items())
           + " | mixllm " + " ".join(f"{key} {v:.1f}" for key, v in row["mixllm_tiles"].items()), flush=True)

@@ -36,6 +36,9 @@ WIDE_OVERLAPPED = (Schedule(192, 128, 128, 4, 256, overlap=True),  # Hopper, 129
                    Schedule(64, 256, 128, 4, 256, 4, overlap=True),  # 5..64 tokens, large layers: 128 weight rows a warpgroup
                    Schedule(64, 64, 128, 4, 128, 4, overlap=True),  # 17..128 tokens, narrow layers: one warpgroup, 64 rows
                    Schedule(64, 64, 64, 4, 128, 4, overlap=True))  # ... 64-wide K tiles where K / 128 splits no further
+REGISTER_DECODE = (Schedule(16, 128, 128, 6, 256, register_a=True),  # Hopper, 9..64 tokens: weights in register A
+                   Schedule(64, 64, 128, 6, 128, 8, register_a=True),  # narrow layers: 64 rows, K in eight slices
+                   Schedule(32, 128, 128, 6, 256, 3, register_a=True))  # uneven slices (32 tiles: 11, 11, 10)
 MIXLLM_OVERLAPPED = (Schedule(128, 128, 128, 4, 256, 4, overlap=True),  # mixllm: 64 x 128, K in two slices
                      Schedule(128, 128, 128, 4, 256, overlap=True))  # mixllm: 128 x 128
 
@@ -70,8 +73,9 @@ def structural_jobs() -> list[tuple]:
             for j in kernel_jobs(arch, 4096, 128, s, "float16", has4, has8)]
     jobs += [j for arch in ARCHS for s in BF16 for j in kernel_jobs(arch, 4096, 128, s, "bfloat16")]
     jobs += [j for arch in ARCHS for j in kernel_jobs(arch, 2048, 128, TOKENS_OUTER, "float16")]
-    jobs += [j for s in WIDE_OVERLAPPED for has4, has8 in PRECISION_SPLITS
+    jobs += [j for s in WIDE_OVERLAPPED + REGISTER_DECODE for has4, has8 in PRECISION_SPLITS
              for j in kernel_jobs("sm_90a", 4096, 128, s, "float16", has4, has8)]
+    jobs += kernel_jobs("sm_90a", 3584, 64, fit(REGISTER_DECODE[1], 3584, 64), "bfloat16")  # groups of 64: 28 tiles, 7 slices
     return list(dict.fromkeys(jobs))
 
 

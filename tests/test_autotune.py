@@ -12,7 +12,7 @@ from mixkern.autotune.__main__ import main, model_shapes
 from mixkern.autotune.space import candidates, prune_reason
 from mixkern.schedules import (M_BUCKETS, SHARED_BYTES, TABLE_VERSION, GemvSchedule, Schedule, bucket, fit,
                                load_table, pick, schedule_from_dict, schedule_from_key, table_path)
-from mixkern.schedules.heuristic import choose, every_schedule, overlapped, predecoded
+from mixkern.schedules.heuristic import choose, every_schedule, overlapped, predecoded, registered
 
 ARCHS = ("sm_80", "sm_90a")
 
@@ -58,8 +58,10 @@ def test_pick_uses_the_timed_table_then_the_heuristic():
         n, k = map(int, shape.split("x"))
         lowest = 1 if b == M_BUCKETS[0] else M_BUCKETS[M_BUCKETS.index(b) - 1] + 1
         for m in (lowest, min(b, 5000)):  # both ends of the bucket
-            # a tuned in-loop entry yields to the predecoded GEMM and to the overlapped decode
-            if (predecoded("sm_90a", m, n, 132) and not s.predecode) or overlapped("sm_90a", m, n, k, 0, 132) is not None:
+            # a tuned in-loop entry yields to the register decode, the predecoded GEMM and the overlapped decode
+            if registered("sm_90a", m, n, k, 128, 132) is not None:
+                assert pick("sm_90a", m, n, k) == fit(registered("sm_90a", m, n, k, 128, 132), k, 128), (m, key)
+            elif (predecoded("sm_90a", m, n, 132) and not s.predecode) or overlapped("sm_90a", m, n, k, 0, 132) is not None:
                 assert pick("sm_90a", m, n, k) == fit(choose("sm_90a", m, n, k), k, 128), (m, key)
             else:
                 assert pick("sm_90a", m, n, k) == s, (m, key)

@@ -23,7 +23,9 @@ def check_instructions(job, src: str) -> None:
     assert "__global__" in src
     if kind == "act":  # 16-byte loads of x, NaN kept (as +inf) in the token maximum, IEEE rounding
         assert "*(uint4*)(xv" in src and "CUDART_INF_F" in src and "nearbyintf" in src
-        assert ("] = 0;" in src) == (len(job) > 4)  # and zeroes a split-K workspace
+        assert ("] = 0;" in src) == (len(job) > 4 and job[4])  # and zeroes a split-K workspace
+        # in the register-decode kernel's K order: 4-byte stores (8 values a thread go to two places)
+        assert ("*(int*)(XQ" in src) == (len(job) > 5 and job[5])
         return
     if kind == "gemv":  # decode: 128-bit weight loads, int8 dot products on CUDA cores
         assert "*(int4*)(W" in src and "__dp4a(" in src
@@ -46,6 +48,9 @@ def check_instructions(job, src: str) -> None:
     int8_mma = "DataType::kInt8, tl::DataType::kInt8, tl::DataType::kInt32"  # int8 x int8 -> int32
     assert ("AtomicAdd(" in src) == (job[4].split_k > 1)  # split over K: int32 partials added exactly
     assert ("((int*)idx_s" in src) == (job[4].split_k == 1)  # the store's column indices staged in shared memory
+    if arch == "sm_90a" and job[4].register_a:
+        check_register_decode(src, has4, has8)
+        return
     if arch == "sm_90a" and job[4].overlap:
         check_overlapped_decode(src, has4, job[4].split_k > 1)
     elif arch == "sm_90a":
@@ -74,6 +79,16 @@ def check_overlapped_decode(src: str, has4: bool, split: bool) -> None:
             src.index("tl::wait_wgmma<1>();", decode)
         call = src[decode:src.index(";", decode)]
         assert "Z_s" in call and "Z[" not in call
+
+
+def check_register_decode(src: str, has4: bool, has8: bool) -> None:
+    """The register-decode kernel: TMA loads by a producer warpgroup, the weights decoded (or
+    copied) straight into the wgmma's register A operand and multiplied asynchronously, one
+    behind; no decoded tile in shared memory, so no proxy fence of the decode's own."""
+    int8_rs = "tl::wgmma_rs<tl::DataType::kInt8, tl::DataType::kInt8, tl::DataType::kInt32"
+    assert "tma_load" in src and int8_rs in src and "tl::wgmma_ss<" not in src and "tl::wait_wgmma<1>();" in src
+    assert (src.count("mixkern_decode_regs(") > 1) == has4 and (src.count("mixkern_copy_regs(") > 1) == has8
+    assert "mixkern_fence_decoded();" not in src and src.count("mixkern_decode16(") == 1  # its definition only
 
 
 def check_int8_gemm_instructions(job, src: str) -> None:

@@ -14,7 +14,7 @@ import torch
 import mixkern
 from mixkern import quantize_activation, tolerance
 from mixkern.reference import float64_gemm_quantized, quantize_for, reference_gemm_quantized, token_slices
-from mixkern.schedules import overlap_rows
+from mixkern.schedules import format_pick
 from kernel_jobs import STRUCTURAL
 from strategies import compile_ahead, gpu_case, within
 
@@ -22,7 +22,7 @@ pytestmark = pytest.mark.gpu
 SEED = int(os.environ.get("MIXKERN_SEED", random.randrange(2**31)))  # fresh shapes every run; set it to replay
 GROUPS = (64, 128, 256)
 SPLITS = (0.0, 0.1, 1.0)
-ROWS = overlap_rows("mixllm")  # pick's token-tile cap for this format, as the op passes it
+FORMAT = format_pick("mixllm")  # pick's keywords for this format, as the op passes them
 ANY_SHAPES = [(r.choice([1, r.randint(2, 16), r.randint(17, 600), r.randint(601, 5000)]), r.randint(1, 20000),
                128 * r.randint(1, 256)) for r in [random.Random(SEED + 1)] for _ in range(16)]  # (M, N, K)
 ACT_KS = (128, 896, 3584, 8960, 18944, 131072)
@@ -45,10 +45,10 @@ def compiled_kernels():
     jobs = [j for s in STRUCTURAL for g in GROUPS for d in ("float16", "bfloat16")
             for j in kernel_jobs_any_split(arch, _k_for(g), g, fit(s, _k_for(g), g), d, "mixllm")]
     for m, n, k in ANY_SHAPES:
-        jobs += [j for f in SPLITS for j in kernel_jobs(arch, k, 128, pick(arch, m, n, k, 128, round(f * n), sms, ROWS),
+        jobs += [j for f in SPLITS for j in kernel_jobs(arch, k, 128, pick(arch, m, n, k, 128, round(f * n), sms, **FORMAT),
                                                           _dtype(m, n, k), round(f * n) < n, f > 0, "mixllm")]
     jobs += [j for n, k in _model_layers() for m in MODEL_MS
-             for j in kernel_jobs(arch, k, 128, pick(arch, m, n, k, 128, n // 10, sms, ROWS), "float16", fmt="mixllm")]
+             for j in kernel_jobs(arch, k, 128, pick(arch, m, n, k, 128, n // 10, sms, **FORMAT), "float16", fmt="mixllm")]
     jobs += [("act_group", arch, k, g, d) for k in ACT_KS for g in (64, 128) for d in ("float16", "bfloat16")]
     compile_ahead(dict.fromkeys(jobs))
 
@@ -135,7 +135,7 @@ def test_mid_prompts_run_the_overlapped_kernel_exactly(m, n, k, group_size, frac
     device = torch.device("cuda")
     arch = arch_of(device)
     pw, x = _inputs(SEED + m + group_size, m, n, k, fraction, (torch.float16, torch.bfloat16)[m % 2], group_size)
-    schedule = for_mixllm(pick(arch, m, n, k, group_size, round(fraction * n), sm_count(device), ROWS), k, group_size, arch)
+    schedule = for_mixllm(pick(arch, m, n, k, group_size, round(fraction * n), sm_count(device), **FORMAT), k, group_size, arch)
     assert schedule.overlap or arch != "sm_90a"
     assert (schedule.split_k > 1) == (n <= 4096 and m < 192) or arch != "sm_90a"
     assert _check(x, pw) == 0.0, f"MIXKERN_SEED={SEED}"
@@ -155,7 +155,7 @@ def test_few_tokens_at_long_k_run_the_split_tile_exactly(m, n, k, group_size, fr
     device = torch.device("cuda")
     arch = arch_of(device)
     pw, x = _inputs(SEED + m + k, m, n, k, fraction, (torch.float16, torch.bfloat16)[m % 2], group_size)
-    schedule = for_mixllm(pick(arch, m, n, k, group_size, round(fraction * n), sm_count(device), ROWS), k, group_size, arch)
+    schedule = for_mixllm(pick(arch, m, n, k, group_size, round(fraction * n), sm_count(device), **FORMAT), k, group_size, arch)
     assert isinstance(schedule, Schedule) and (schedule.block_m, schedule.split_k) == (32, 4)
     assert _check(x, pw) == 0.0, f"MIXKERN_SEED={SEED}"
 

@@ -227,11 +227,12 @@ def test_launch_picks_once_per_shape(recorded_launches, monkeypatch):
     launch, calls, compiles = recorded_launches
     picks = []
     pick = launch.pick
-    monkeypatch.setattr(launch, "pick", lambda *a: picks.append(a) or pick(*a))
+    monkeypatch.setattr(launch, "pick", lambda *a, **kw: picks.append((*a, kw)) or pick(*a, **kw))
     pw = quantize_weight(torch.randn(24, 256), [5], 128)
     for m in (1, 1, 1, 7, 7):
         launch.gemm_cuda(torch.randn(m, 256, dtype=torch.float16), pw, arch="sm_90a")
-    assert [a[1] for a in picks] == [1, 7] and picks[0] == ("sm_90a", 1, 24, 256, 128, 1, 132, 256)
+    assert [a[1] for a in picks] == [1, 7]
+    assert picks[0] == ("sm_90a", 1, 24, 256, 128, 1, 132, {"overlap_rows": 256, "register_a": True})
 
 
 @pytest.mark.parametrize("fmt", ["progressive", "mixllm"])

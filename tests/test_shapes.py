@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 import mixkern
 from mixkern.format import MAX_IN_FEATURES
-from mixkern.schedules import GemvSchedule, Schedule, overlap_rows, pick
+from mixkern.schedules import GemvSchedule, Schedule, format_pick, pick
 from mixkern.schedules.heuristic import choose, distinct_token_counts, overlapped, predecoded
 from mixkern.shapes import CONFIGS, DecoderConfig, layer_shapes, shardings
 
@@ -94,7 +94,7 @@ def test_mixllm_schedules_take_one_activation_group_per_k_tile_and_split_whole_g
     if k % group_size:
         k = group_size * max(1, k // group_size)
     n8 = round(fraction * n)
-    s = for_mixllm(pick(arch, m, n, k, group_size, n8, None, overlap_rows("mixllm")), k, group_size, arch, n8 < n, n8 > 0)
+    s = for_mixllm(pick(arch, m, n, k, group_size, n8, None, **format_pick("mixllm")), k, group_size, arch, n8 < n, n8 > 0)
     s.check(k, group_size)
     span = WeightFormat.MIXLLM.act_group_size(group_size)
     if isinstance(s, GemvSchedule):
@@ -198,7 +198,7 @@ def test_mid_prompts_overlap_the_decode_where_its_grid_fills_the_gpu(m, n, k_til
     assert getattr(s, "overlap", False) == (want is not None)
     if want is not None:
         assert (s.block_m, s.block_n, s.split_k, s.block_k) == (*want, 64 if half_k else 128)
-        assert s == pick("sm_90a", m, n, k, 128, n8, sms, rows)
+        assert s == pick("sm_90a", m, n, k, 128, n8, sms, rows, register_a=False)
     assert not getattr(choose("sm_80", m, n, k, 128, n8, sms, rows), "overlap", False)
 
 
@@ -251,3 +251,39 @@ def test_long_prompts_run_predecoded_where_the_epilogue_and_grid_allow(m, n, sms
         assert s == pick("sm_90a", m, n, 4096, 128, n // 10, sms)
         fills = -(-m // s.block_m) * -(-n // s.block_n) >= 0.8 * waves
         assert fills or (s.block_m, s.block_n) == (64, 128)
+
+
+@given(m=st.integers(1, 128), n=st.integers(1, 1 << 16), k_tiles=st.integers(1, 300), group_size=st.sampled_from([32, 64, 128]),
+       sms=st.sampled_from([None, 16, 108, 132]))
+def test_few_tokens_decode_into_registers_on_hopper(m, n, k_tiles, group_size, sms):
+    """9..64 tokens on sm_90a (progressive; above 16 tokens only up to K = 12288): the
+    register-decode kernel with the smallest of 16, 32, 64 token rows that holds M; 128 weight rows unsplit where half a wave of them fills the GPU, else
+    64 rows with K split in the least power of two (at most 8, slices of at least two tiles, none
+    empty) that gives 1.5 blocks per SM.  The mixllm format, sm_80 and other token counts never take it."""
+    k, waves = 128 * k_tiles, sms or 132
+    s = pick("sm_90a", m, n, k, group_size, n // 10, sms)
+    if not 9 <= m <= 64 or (m > 16 and k > 12288):
+        assert not getattr(s, "register_a", False)
+        return
+    rows, split = 128, 1
+    if -(-n // 128) < 0.5 * waves:
+        rows = 64
+        while split < 8 and -(-n // 64) * split < 1.5 * waves and k_tiles >= 4 * split \
+                and (2 * split - 1) * -(-k_tiles // (2 * split)) < k_tiles:
+            split *= 2
+    token_rows = 16 if m <= 16 else 32 if m <= 32 else 64
+    assert (s.register_a, s.block_m, s.block_n, s.threads, s.split_k) == (True, token_rows, rows, 2 * rows, split)
+    assert not getattr(pick("sm_90a", m, n, k, group_size, n // 10, sms, **format_pick("mixllm")), "register_a", False)
+    assert not getattr(pick("sm_80", m, n, k, group_size, n // 10, sms), "register_a", False)
+
+
+@pytest.mark.parametrize("n, k, m, key", [  # stop 33, H100: us with the register kernel / the stop-32 pick
+    (14336, 4096, 16, "bm16_bn128_bk128_s6_t256_sk1_ra"),  # 22.1 / 28.0 (bm16 mma.sync tile)
+    (28672, 8192, 64, "bm64_bn128_bk128_s6_t256_sk1_ra"),  # 80.7 / 82.7; split in two 97.9
+    (4096, 14336, 16, "bm16_bn64_bk128_s6_t128_sk4_ra"),  # 26.7 / 30.7
+    (8192, 28672, 32, "bm64_bn256_bk128_s4_t256_sk4_ov"),  # not taken above 16 tokens at this K: 79.9 / 100.7
+    (2048, 11008, 16, "bm16_bn64_bk128_s6_t128_sk8_ra"),  # 17.7 / 23.2 (GEMV); 86 tiles in slices of 11 and 9
+    (1536, 8960, 64, "bm64_bn64_bk128_s6_t128_sk8_ra"),  # 17.3 / 22.6
+])
+def test_register_decode_picks_where_the_h100_sweep_found_them(n, k, m, key):
+    assert pick("sm_90a", m, n, k, 128, n // 10, 132).key == key

@@ -13,7 +13,9 @@ untouched (the reference does the same).
 
 With ``workspace``, each block also zeroes its token's row of an int32 workspace: the
 split-K GEMM's partial sums, which so need no memset launch of their own (2.5 us on the H100,
-ncu).
+ncu).  With ``register_order``, each 128-wide window of a row is written in the K order of
+:mod:`.register_decode`'s weight fragments (4-byte words permuted by
+:func:`.register_decode.logical_word`).
 """
 
 from dataclasses import dataclass
@@ -24,6 +26,7 @@ from tvm import tirx
 from ..format import MAX_IN_FEATURES
 
 VALUES_PER_VECTOR = 8  # 16 bytes of fp16/bf16
+REGISTER_WINDOW = 128  # the register-decode kernel's K tile, inside which its K order permutes X
 MAX_WARPS = 32
 MAX_VECTORS = 16  # per thread: 128 values held in 64 registers
 MAX_K = MAX_WARPS * 32 * MAX_VECTORS * VALUES_PER_VECTOR  # the longest row one block holds
@@ -54,12 +57,15 @@ def magnitude(v):
     return T.if_then_else(tirx.isnan(f), T.infinity("float32"), T.abs(f))
 
 
-def act_quant(k: int, in_dtype: str = "float16", workspace: bool = False):
+def act_quant(k: int, in_dtype: str = "float16", workspace: bool = False, register_order: bool = False):
     """TileLang prim_func: X (M, K) fp16/bf16 -> XQ int8 (M, K), A fp32 (M,) token scales; with
-    ``workspace``, also WS int32 (M, any width) zeroed."""
+    ``workspace``, also WS int32 (M, any width) zeroed; with ``register_order``, XQ's 128-wide
+    windows in the register-decode kernel's K order (K a multiple of 128)."""
+    if register_order and k % REGISTER_WINDOW:
+        raise ValueError(f"the register K order permutes {REGISTER_WINDOW}-wide windows; K={k} is not a multiple")
     plan = ActQuantPlan.for_k(k)
     threads, m = 32 * plan.warps, T.dynamic("m")
-    body = quantize_rows(k, in_dtype, plan)
+    body = quantize_rows(k, in_dtype, plan, register_order)
 
     if workspace:
         width = T.dynamic("width")
@@ -83,7 +89,14 @@ def act_quant(k: int, in_dtype: str = "float16", workspace: bool = False):
     return main
 
 
-def quantize_rows(k: int, in_dtype: str, plan: ActQuantPlan):
+def register_word(vector, half):
+    """Where the ``half``-th 4-byte word of 8-value vector ``vector`` of a row goes in the register
+    K order: its window's start plus :func:`.register_decode.logical_word` of its physical word
+    ``2 * (vector % 16) + half`` (``8t + 2s + h`` with t = (vector % 16) // 4, s = vector % 4)."""
+    return vector // 16 * REGISTER_WINDOW + 4 * (8 * (vector % 4) + 4 * half + vector % 16 // 4)
+
+
+def quantize_rows(k: int, in_dtype: str, plan: ActQuantPlan, register_order: bool = False):
     """The macro quantizing token ``bx``'s row (one block, ``plan``'s warps and vectors)."""
     warps, vectors = plan.warps, plan.vectors
     threads, vecs, vw = 32 * warps, k // VALUES_PER_VECTOR, VALUES_PER_VECTOR
@@ -117,8 +130,13 @@ def quantize_rows(k: int, in_dtype: str, plan: ActQuantPlan):
                     q = T.clamp(tirx.nearbyint(T.Cast("float32", xv[i * vw + j]) / scale),
                                 T.float32(-127.0), T.float32(127.0))
                     qv[j] = T.Cast("int8", q)
-                for j in T.vectorized(vw):
-                    XQ[bx, (tx + i * threads) * vw + j] = qv[j]
+                if register_order:
+                    for h in T.unroll(2):
+                        for j in T.vectorized(4):
+                            XQ[bx, register_word(tx + i * threads, h) + j] = qv[4 * h + j]
+                else:
+                    for j in T.vectorized(vw):
+                        XQ[bx, (tx + i * threads) * vw + j] = qv[j]
         if tx == 0:
             A[bx] = a
 

@@ -16,7 +16,7 @@ import torch
 from tilelang import tvm
 
 from ..format import PackedWeight, WeightFormat
-from ..schedules import AnySchedule, GemvSchedule, Schedule, for_mixllm, overlap_rows, pick
+from ..schedules import AnySchedule, GemvSchedule, Schedule, for_mixllm, format_pick, pick
 from . import ir_cache
 from .act_quant import act_quant
 from .act_quant_grouped import act_quant_grouped
@@ -28,6 +28,7 @@ from .overlapped_decode import overlapped_decode_gemm
 from .overlapped_mixllm_gemm import overlapped_mixllm_gemm
 from .mixllm_gemv import mixllm_gemv
 from .predecode import predecode
+from .register_decode import register_decode_gemm
 
 TL_DTYPES = {torch.float16: "float16", torch.bfloat16: "bfloat16"}
 POISON_OUTPUT = False  # tests set this: outputs start as NaN, so an unwritten element shows
@@ -90,7 +91,7 @@ def _pass_configs(kind: str, args: tuple) -> dict:
         return {"tl.disable_warp_specialized": True}
     if kind == "mma":
         schedule, has4, has8 = args[2], args[-2], args[-1]
-        if schedule.overlap:  # its own producer warpgroup; the 4- and 8-bit branches' buffers share memory
+        if schedule.overlap or schedule.register_a:  # own producer warpgroup; 4- and 8-bit branches share memory
             return {"tl.disable_warp_specialized": True, "tl.enable_aggressive_shared_memory_merge": True}
         if (has4 and has8) or schedule.threads < 256:
             return {"tl.disable_warp_specialized": True}
@@ -105,6 +106,8 @@ def build(kind: str, arch: str, *args):
     'predecode' (k, group_size, mixllm, has4, has8), 'int8_gemm' (k, schedule, dtype[, activation
     group, group_size for mixllm])."""
     if kind == "mma":
+        if args[2].register_a and arch.startswith("sm_90"):
+            return register_decode_gemm(*args)
         if args[2].overlap and arch.startswith("sm_90"):
             return overlapped_decode_gemm(*args)
         return mixed_gemm(*args, wgmma=arch.startswith("sm_90"))
@@ -167,9 +170,10 @@ def kernel_jobs(arch: str, k: int, group_size: int, schedule: AnySchedule, dtype
     if isinstance(schedule, GemvSchedule):
         return [("act", arch, k, dtype), gemv]
     mma = ("mma", arch, k, group_size, schedule.fitted(arch, has4, has8), dtype, has4, has8)
-    if schedule.split_k == 1:
-        return [("act", arch, k, dtype), mma]
-    return [("act", arch, k, dtype, True), mma, ("epi", arch, dtype, has4)]  # act also zeroes the workspace
+    act = ("act", arch, k, dtype, *(() if schedule.split_k == 1 else (True,)))  # a split act also zeroes the workspace
+    if schedule.register_a and arch.startswith("sm_90"):  # X in the register fragment's K order
+        act = ("act", arch, k, dtype, schedule.split_k > 1, True)
+    return [act, mma] if schedule.split_k == 1 else [act, mma, ("epi", arch, dtype, has4)]
 
 
 def _mixllm_jobs(arch: str, k: int, group_size: int, schedule: AnySchedule, dtype: str,
@@ -352,7 +356,7 @@ def _picked_plan(arch: str, device: torch.device, m: int, n: int, k: int, group_
                  dtype: torch.dtype, fmt: WeightFormat) -> _Plan:
     """The plan of the schedule ``pick`` chooses, keyed by everything that choice depends on
     (M exactly: the heuristic looks at more than M's bucket)."""
-    schedule = pick(arch, m, n, k, group_size, n8, sm_count(device), overlap_rows(fmt))
+    schedule = pick(arch, m, n, k, group_size, n8, sm_count(device), **format_pick(fmt))
     return _plan(arch, device, k, group_size, has4, n8 > 0, schedule, dtype, fmt)
 
 
@@ -411,7 +415,7 @@ def chain_slices(m: int, pw: PackedWeight, device: torch.device, schedule: AnySc
     if pw.format is not WeightFormat.MIXLLM:
         return 1
     (n, k), n8, arch = pw.shape, pw.idx8.shape[0], arch_of(device)
-    schedule = schedule or pick(arch, m, n, k, pw.group_size, n8, sm_count(device), overlap_rows(pw.format))
+    schedule = schedule or pick(arch, m, n, k, pw.group_size, n8, sm_count(device), **format_pick(pw.format))
     return getattr(for_mixllm(schedule, k, pw.group_size, arch, pw.idx4.shape[0] > 0, n8 > 0), "split_k", 1)
 
 

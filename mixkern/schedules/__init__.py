@@ -37,6 +37,7 @@ class Schedule:
     split_k: int = 1  # K slices summed exactly in int32 (atomics), then one epilogue pass
     predecode: bool = False  # decode the whole layer to int8 first, then a plain int8 GEMM (long prompts)
     overlap: bool = False  # Hopper: decode tile j + 1 while the tensor cores multiply tile j (elsewhere: ignored)
+    register_a: bool = False  # Hopper, few tokens: weights decoded into the wgmma's register A, tokens its N (block_m)
 
     def check(self, k: int, group_size: int, n: int | None = None) -> None:
         """Raise ValueError if this schedule cannot run a K-long reduction with this group size
@@ -46,7 +47,11 @@ class Schedule:
                              f"multiple of {PREDECODE_N_MULTIPLE}, got {n}")
         if self.block_k % 32 or (self.block_k % group_size and group_size % self.block_k):
             raise ValueError(f"block_k={self.block_k} must be a multiple of 32 and divide or be divided by group_size={group_size}")
-        if k % (self.block_k * self.split_k):
+        if self.register_a:  # K slices of whole 128-wide tiles, the last one possibly shorter
+            tiles = k // self.block_k
+            if k % self.block_k or (self.split_k - 1) * self.slice_tiles(k) >= tiles:
+                raise ValueError(f"K={k} is not {self.split_k} non-empty slices of {self.block_k}-wide tiles")
+        elif k % (self.block_k * self.split_k):
             raise ValueError(f"K={k} is not a multiple of block_k*split_k={self.block_k * self.split_k}")
         if self.block_n % 64 or self.block_m % 16 or self.threads % 128:
             raise ValueError(f"{self}: block_n % 64, block_m % 16 and threads % 128 must all be 0")
@@ -55,6 +60,14 @@ class Schedule:
         if self.overlap and (self.predecode or self.block_m % 64 or self.block_n % (64 * (self.threads // 128))):
             raise ValueError(f"{self}: the overlapped decode runs in-loop, on 64-row token tiles "
                              "and 64 weight rows a warpgroup")
+        if self.register_a and (self.predecode or self.overlap or self.block_k != 128 or self.block_m % 8
+                                or self.block_m > 256 or self.block_n != 64 * (self.threads // 128)):
+            raise ValueError(f"{self}: the register-decode kernel runs 128-wide K tiles, 8..256 tokens a tile "
+                             "(a multiple of 8) and 64 weight rows a consumer warpgroup")
+
+    def slice_tiles(self, k: int) -> int:
+        """K tiles of one K slice (the register-decode kernel's last slice may have fewer)."""
+        return -(-k // (self.block_k * self.split_k))
 
     def stores_rows(self, n: int) -> bool:
         """Whether the epilogue can write output rows of N features: the predecoded GEMM's TMA
@@ -63,7 +76,7 @@ class Schedule:
 
     @property
     def key(self) -> str:
-        tail = ("_pd" if self.predecode else "") + ("_ov" if self.overlap else "")
+        tail = ("_pd" if self.predecode else "") + ("_ov" if self.overlap else "") + ("_ra" if self.register_a else "")
         return "bm{block_m}_bn{block_n}_bk{block_k}_s{stages}_t{threads}_sk{split_k}".format(**asdict(self)) + tail
 
     def shared_bytes(self, has4: bool = True, has8: bool = True) -> int:
@@ -74,6 +87,10 @@ class Schedule:
         if self.predecode:
             return self.stages * (self.block_m + self.block_n) * self.block_k + self.block_m * self.block_n * 2
         x = self.stages * self.block_m * self.block_k + self.store_bytes
+        if self.register_a:  # one ring of X, packed-code (or int8) tiles and staged scales; branches share memory
+            staged = 2 * self.stages * self.block_n * max(1, self.block_k // 32)  # s2 and z bytes, groups >= 32
+            return x + max(has4 * (self.stages * self.block_n * self.block_k // 2 + staged),
+                           has8 * self.stages * self.block_n * self.block_k)
         if self.overlap:  # one X ring; 4-bit rows decode into two tiles, their scales staged
             staged = 2 * self.stages * self.block_n * max(1, self.block_k // 64)  # s2 and z bytes, groups >= 64
             return x + max(has4 * (self.stages * self.block_n * self.block_k // 2 + 2 * self.block_n * self.block_k + staged),
@@ -152,7 +169,7 @@ def schedule_from_dict(d: dict) -> AnySchedule:
     return GemvSchedule(**d) if "rows" in d else Schedule(**d)
 
 
-_KEY = re.compile(r"bm(\d+)_bn(\d+)_bk(\d+)_s(\d+)_t(\d+)_sk(\d+)(_pd)?(_ov)?|gemv_r(\d+)_w(\d+)_t(\d+)(?:_c(\d+))?(_f)?")
+_KEY = re.compile(r"bm(\d+)_bn(\d+)_bk(\d+)_s(\d+)_t(\d+)_sk(\d+)(_pd)?(_ov)?(_ra)?|gemv_r(\d+)_w(\d+)_t(\d+)(?:_c(\d+))?(_f)?")
 
 
 def schedule_from_key(key: str) -> AnySchedule:
@@ -163,8 +180,8 @@ def schedule_from_key(key: str) -> AnySchedule:
         raise ValueError(f"{key!r} is not a schedule key such as bm128_bn128_bk128_s4_t256_sk1_ov or gemv_r8_w4_t1_c4_f")
     g = hit.groups()
     if g[0] is not None:
-        return Schedule(*map(int, g[:6]), predecode=bool(g[6]), overlap=bool(g[7]))
-    return GemvSchedule(int(g[8]), int(g[9]), int(g[10]), int(g[11] or 1), bool(g[12]))
+        return Schedule(*map(int, g[:6]), predecode=bool(g[6]), overlap=bool(g[7]), register_a=bool(g[8]))
+    return GemvSchedule(int(g[9]), int(g[10]), int(g[11]), int(g[12] or 1), bool(g[13]))
 
 
 def bucket(m: int) -> int:
@@ -199,12 +216,15 @@ def table_key(m: int, n: int, k: int) -> str:
 
 @lru_cache(maxsize=4096)
 def pick(arch: str, m: int, n: int, k: int, group_size: int = 128, n8: int = 0, sms: int | None = None,
-         overlap_rows: int = OVERLAP_ROWS) -> AnySchedule:
+         overlap_rows: int = OVERLAP_ROWS, register_a: bool = True) -> AnySchedule:
     """The schedule for an (M, N, K) layer on ``arch`` (N = all output features, ``n8`` of them
-    8-bit, ``sms`` the GPU's SM count, ``overlap_rows`` the format's :func:`overlap_rows`): the
-    tuned table's entry, else the shape-aware heuristic of :mod:`.heuristic`; made runnable for
-    this K by :func:`fit`."""
-    from .heuristic import choose, overlapped, predecoded, sm_count
+    8-bit, ``sms`` the GPU's SM count; ``overlap_rows`` and ``register_a`` the format's, from
+    :func:`format_pick`): the register-decode kernel where it applies, else the tuned table's
+    entry, else the shape-aware heuristic of :mod:`.heuristic`; made runnable for this K by :func:`fit`."""
+    from .heuristic import choose, overlapped, predecoded, registered, sm_count
+    tile = registered(arch, m, n, k, group_size, sm_count(arch, sms)) if register_a else None
+    if tile is not None:  # newer than the tables, and faster than their entries where it applies (H100)
+        return fit(tile, k, group_size)
     tuned = load_table(arch, timed_only=True).get(table_key(m, n, k))
     if tuned is not None and predecoded(arch, m, n, sm_count(arch, sms)) and not getattr(tuned, "predecode", False):
         tuned = None  # in-loop-decode entries lost to the predecoded GEMM wherever it applies (H100)
@@ -214,6 +234,13 @@ def pick(arch: str, m: int, n: int, k: int, group_size: int = 128, n8: int = 0, 
 
 
 MIXLLM_OVERLAP_ROWS = 128  # the overlapped mixllm kernel's int32 partial and fp32 accumulators fill 232 registers here
+
+
+def format_pick(fmt) -> dict:
+    """``pick``'s keywords for a weight format: the widest overlapped token tile
+    (:func:`overlap_rows`) and whether the format has the register-decode kernel (progressive)."""
+    from ..format import WeightFormat
+    return {"overlap_rows": overlap_rows(fmt), "register_a": WeightFormat.parse(fmt) is WeightFormat.PROGRESSIVE}
 
 
 def overlap_rows(fmt) -> int:
@@ -230,7 +257,10 @@ def fit(schedule: AnySchedule, k: int, group_size: int) -> AnySchedule:
     Raises ValueError if nothing runs (K not a multiple of 32, say)."""
     if isinstance(schedule, GemvSchedule) and not schedule.fits_registers(k):
         schedule = GemvSchedule(schedule.rows, schedule.warps, schedule.tokens)
-    if isinstance(schedule, Schedule):
+    if isinstance(schedule, Schedule) and schedule.register_a:  # uneven slices: only none may be empty
+        while schedule.split_k > 1 and (schedule.split_k - 1) * schedule.slice_tiles(k) >= k // schedule.block_k:
+            schedule = Schedule(**{**asdict(schedule), "split_k": schedule.split_k - 1})
+    elif isinstance(schedule, Schedule):
         while k % (schedule.block_k * schedule.split_k) and (schedule.split_k > 1 or schedule.block_k > 64):
             smaller = {"split_k": schedule.split_k // 2} if schedule.split_k > 1 else {"block_k": schedule.block_k // 2}
             schedule = Schedule(**{**asdict(schedule), **smaller})
@@ -286,7 +316,7 @@ def for_mixllm(schedule: AnySchedule, k: int, group_size: int, arch: str,
     if schedule.predecode:  # the promotion's accumulators allow 64 x 128 a warpgroup; 128 rows where the grid fills the GPU
         wide = hopper and schedule.block_m >= 128
         fixed = Schedule(*((128, 128, span, 5, 256) if wide else (64, 128, span, 4, 128)), predecode=True)
-    elif schedule.overlap and hopper:  # the overlapped mixllm kernel (at N = 4096 it beat the in-loop tiles)
+    elif (schedule.overlap or schedule.register_a) and hopper:  # the overlapped mixllm kernel (at N = 4096 it beat the in-loop tiles)
         if schedule.block_m >= 128 and schedule.split_k == 1:  # a grid that fills the GPU unsplit: 128 rows
             fixed = Schedule(128, 128, span, 4, 256, overlap=True)
         else:
@@ -297,7 +327,7 @@ def for_mixllm(schedule: AnySchedule, k: int, group_size: int, arch: str,
         s = fit(fixed, k, group_size).fitted(arch, has4, has8)
         s.check(k, group_size)
         return s
-    s = fit(Schedule(**{**asdict(schedule), "block_k": span, "overlap": False}), k, group_size)
+    s = fit(Schedule(**{**asdict(schedule), "block_k": span, "overlap": False, "register_a": False}), k, group_size)
     limit = SHARED_BYTES.get(arch.split("+")[0], 99 * 1024)
     while s.block_m > 16 and s.block_m * s.block_n // s.threads > MIXLLM_MAX_ACC_PER_THREAD:
         s = Schedule(**{**asdict(s), "block_m": s.block_m // 2})

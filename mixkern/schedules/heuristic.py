@@ -12,6 +12,11 @@ blocks a grid has against the GPU's SM count, and how long one block's K loop is
   the fused kernel measured 1.09-1.69x slower than the plain one (H100; K = 1536, 3584, 5120).
 * **M <= 4**: the GEMV with 4 tokens per block, 8 rows, and as many warps as keep ~8 warps
   per SM busy (at least 2 at long K, where one warp's loop over K gets long).
+* **9 <= M <= 64** (sm_90a, progressive format; above 16 tokens only up to K = 12288): the
+  register-decode kernel (:mod:`mixkern.kernels.register_decode`, :func:`registered`): weights
+  decoded straight into the wgmma's register A operand, tokens as its N; 128 weight rows a block
+  unsplit on layers with half a wave of them, else 64 rows with K split until 1.5 blocks per SM.
+  Where it applies it comes before every rule below and the tuned tables.
 * **M <= 16**: on sm_90a, layers with K >= 8192 and N >= 3072 run the overlapped decode below;
   otherwise the GEMV with 8 tokens per block (16 at long K) for N < 8192, and from N = 8192
   the 16-token tensor-core tile, split over K (K >= 16384) until two blocks per SM.
@@ -89,6 +94,40 @@ OVERLAP_WIDE_MIN_SLICE = 2048
 OVERLAP_WIDE_FILL = 0.8  # of a wave, unsplit
 PREDECODE_TILES = (Schedule(128, 256, 128, 3, 256, predecode=True), Schedule(128, 128, 128, 4, 256, predecode=True),
                    Schedule(64, 128, 128, 4, 128, predecode=True))
+
+
+REGISTER_MIN_M, REGISTER_MAX_M = 9, 64  # the register-decode kernel's token counts (H100: measured at 16 and 64)
+REGISTER_TOKEN_TILES = (16, 32, 64)  # its token tiles: the smallest that holds M (few distinct kernels)
+REGISTER_MAX_K_ABOVE_16 = 12288  # above 16 tokens only up to this K: longer layers (4096 x 14336, 3584 x 18944,
+# 8192 x 28672) ran 0.76-0.99x of the overlapped picks at 24-32 tokens (H100, stop 33)
+REGISTER_WIDE_MIN_FILL = 0.5  # of a wave: 128-row blocks unsplit from here ...
+REGISTER_FILL = 1.5  # ... else 64-row blocks, K split in two, four or eight until this many blocks per SM
+REGISTER_MAX_SPLIT = 8
+
+
+def registered(arch: str, m: int, n: int, k: int, group_size: int, sms: int) -> Schedule | None:
+    """The register-decode schedule (:mod:`mixkern.kernels.register_decode`) for an M x N x K
+    layer, or None where it does not apply: sm_90a, REGISTER_MIN_M..REGISTER_MAX_M tokens (above
+    16 only up to K = REGISTER_MAX_K_ABOVE_16), K a multiple of 128 and groups of a multiple of 32.  Layers with half a wave of 128-row blocks
+    run them unsplit (splitting cost 1.2-1.6x at 64 tokens on 14336 x 4096 and 28672 x 8192);
+    narrower ones run 64-row blocks, K split in powers of two (slices may differ by a tile)
+    until 1.5 blocks per SM.  On the H100 (10% 8-bit, twelve layer shapes at 12-64 tokens) the
+    cells this rule takes ran 1.02-1.38x faster than the picks they replaced, except 1024 x 4096 at
+    12-16 tokens (0.79x, the GEMV) and 18944 x 3584 at 64 (0.97x) (docs/kernels.md)."""
+    if arch.split("+")[0] != "sm_90a" or not REGISTER_MIN_M <= m <= REGISTER_MAX_M or k % 128 or group_size % 32:
+        return None
+    if m > 16 and k > REGISTER_MAX_K_ABOVE_16:
+        return None
+    tokens = next(t for t in REGISTER_TOKEN_TILES if m <= t)
+    if _ceil(n, 128) >= REGISTER_WIDE_MIN_FILL * sms:
+        return Schedule(tokens, 128, 128, 6, 256, register_a=True)
+    split, tiles = 1, k // 128
+    while split < REGISTER_MAX_SPLIT and _ceil(n, 64) * split < REGISTER_FILL * sms:
+        more = 2 * split  # slices of at least two tiles, none empty (ceil-sized, the last one shorter)
+        if tiles < 2 * more or (more - 1) * _ceil(tiles, more) >= tiles:
+            break
+        split = more
+    return Schedule(tokens, 64, 128, 6, 128, split, register_a=True)
 
 
 def sm_count(arch: str, sms: int | None = None) -> int:
