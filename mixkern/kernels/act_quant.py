@@ -24,9 +24,9 @@ import tilelang.language as T
 from tvm import tirx
 
 from ..format import MAX_IN_FEATURES
+from .register_decode import WINDOW, logical_word
 
 VALUES_PER_VECTOR = 8  # 16 bytes of fp16/bf16
-REGISTER_WINDOW = 128  # the register-decode kernel's K tile, inside which its K order permutes X
 MAX_WARPS = 32
 MAX_VECTORS = 16  # per thread: 128 values held in 64 registers
 MAX_K = MAX_WARPS * 32 * MAX_VECTORS * VALUES_PER_VECTOR  # the longest row one block holds
@@ -61,8 +61,8 @@ def act_quant(k: int, in_dtype: str = "float16", workspace: bool = False, regist
     """TileLang prim_func: X (M, K) fp16/bf16 -> XQ int8 (M, K), A fp32 (M,) token scales; with
     ``workspace``, also WS int32 (M, any width) zeroed; with ``register_order``, XQ's 128-wide
     windows in the register-decode kernel's K order (K a multiple of 128)."""
-    if register_order and k % REGISTER_WINDOW:
-        raise ValueError(f"the register K order permutes {REGISTER_WINDOW}-wide windows; K={k} is not a multiple")
+    if register_order and k % WINDOW:
+        raise ValueError(f"the register K order permutes {WINDOW}-wide windows; K={k} is not a multiple")
     plan = ActQuantPlan.for_k(k)
     threads, m = 32 * plan.warps, T.dynamic("m")
     body = quantize_rows(k, in_dtype, plan, register_order)
@@ -92,8 +92,8 @@ def act_quant(k: int, in_dtype: str = "float16", workspace: bool = False, regist
 def register_word(vector, half):
     """Where the ``half``-th 4-byte word of 8-value vector ``vector`` of a row goes in the register
     K order: its window's start plus :func:`.register_decode.logical_word` of its physical word
-    ``2 * (vector % 16) + half`` (``8t + 2s + h`` with t = (vector % 16) // 4, s = vector % 4)."""
-    return vector // 16 * REGISTER_WINDOW + 4 * (8 * (vector % 4) + 4 * half + vector % 16 // 4)
+    ``2 * (vector % 16) + half`` inside the window."""
+    return vector // 16 * WINDOW + 4 * logical_word(2 * (vector % 16) + half)
 
 
 def quantize_rows(k: int, in_dtype: str, plan: ActQuantPlan, register_order: bool = False):

@@ -98,6 +98,12 @@ def _pass_configs(kind: str, args: tuple) -> dict:
     return {}
 
 
+def _register_decode(schedule: Schedule, arch: str) -> bool:
+    """Whether a tensor-core schedule runs the register-decode kernel (Hopper; elsewhere its
+    tile runs the in-loop kernel, on X in plain K order)."""
+    return schedule.register_a and arch.startswith("sm_90")
+
+
 def build(kind: str, arch: str, *args):
     """The TileLang PrimFunc of one kernel.  Kinds and their args: 'mma', 'gemv', 'mixllm_mma'
     and 'mixllm_gemv' (k, group_size, schedule, dtype, has4, has8), 'act' (k, dtype[, zeroes a
@@ -106,7 +112,7 @@ def build(kind: str, arch: str, *args):
     'predecode' (k, group_size, mixllm, has4, has8), 'int8_gemm' (k, schedule, dtype[, activation
     group, group_size for mixllm])."""
     if kind == "mma":
-        if args[2].register_a and arch.startswith("sm_90"):
+        if _register_decode(args[2], arch):
             return register_decode_gemm(*args)
         if args[2].overlap and arch.startswith("sm_90"):
             return overlapped_decode_gemm(*args)
@@ -171,7 +177,7 @@ def kernel_jobs(arch: str, k: int, group_size: int, schedule: AnySchedule, dtype
         return [("act", arch, k, dtype), gemv]
     mma = ("mma", arch, k, group_size, schedule.fitted(arch, has4, has8), dtype, has4, has8)
     act = ("act", arch, k, dtype, *(() if schedule.split_k == 1 else (True,)))  # a split act also zeroes the workspace
-    if schedule.register_a and arch.startswith("sm_90"):  # X in the register fragment's K order
+    if _register_decode(schedule, arch):  # X in the register fragment's K order
         act = ("act", arch, k, dtype, schedule.split_k > 1, True)
     return [act, mma] if schedule.split_k == 1 else [act, mma, ("epi", arch, dtype, has4)]
 

@@ -48,12 +48,14 @@ def stage_columns(bn: int, consumers: int):
     return stage
 
 
-def tile_store(bm: int, bn: int, m, out: str, split: bool = False, consumers: int = 128):
+def tile_store(bm: int, bn: int, m, out: str, split: bool = False, consumers: int = 128, transposed: bool = False):
     """A macro writing a (bm, bn) int32 tile into its features' original columns of Y through the
     format's epilogue (:func:`_scaled`), inside M and the precision's rows:
     ``store(acc, A, S, Idx, Y, Acc, rows, col0, acc_col0, by)`` (``consumers``: the threads
     holding the tile); with ``split``, adding it into the split-K workspace Acc instead (exact
     int32 atomics; :func:`epilogue` applies the scales once every K slice is in).
+    ``transposed``: the accumulator is (bn weight rows, bm tokens), the register-decode
+    kernel's swapped MMA (:mod:`.register_decode`).
 
     The tile's column indices and scales and its token scales go to shared memory first, one
     load a thread: read from global memory inside the element loop, each element waited on its
@@ -61,12 +63,20 @@ def tile_store(bm: int, bn: int, m, out: str, split: bool = False, consumers: in
     tile's whole main loop at 32 tokens (ncu, then A/B of the store's parts).  TileLang may
     place these buffers over the main loop's (their lifetimes do not overlap), hence the
     barrier before they are written: every thread holding the tile is past its last MMA."""
+    shape = (bn, bm) if transposed else (bm, bn)  # the accumulator's, and the element loop's
+
+    def token(u, v):  # the token row of accumulator element (u, v)
+        return v if transposed else u
+
+    def column(u, v):  # its column inside the tile
+        return u if transposed else v
+
     if split:
         @T.macro
         def add(acc, A, S, Idx, Y, Acc, rows, col0, acc_col0, by):
-            for i, j in T.Parallel(bm, bn):
-                if by * bm + i < m and col0 + j < rows:
-                    T.atomic_add(Acc[by * bm + i, acc_col0 + col0 + j], acc[i, j])
+            for u, v in T.Parallel(*shape):
+                if by * bm + token(u, v) < m and col0 + column(u, v) < rows:
+                    T.atomic_add(Acc[by * bm + token(u, v), acc_col0 + col0 + column(u, v)], acc[u, v])
         return add
     stage = stage_columns(bn, consumers)
 
@@ -82,9 +92,9 @@ def tile_store(bm: int, bn: int, m, out: str, split: bool = False, consumers: in
             if t * consumers + tx < bm and by * bm + t * consumers + tx < m:
                 a_s[t * consumers + tx] = A[by * bm + t * consumers + tx]
         T.sync_threads(STORE_BARRIER, consumers)
-        for i, j in T.Parallel(bm, bn):
-            if by * bm + i < m and col0 + j < rows:
-                Y[by * bm + i, idx_s[j]] = _scaled(acc[i, j], a_s[i], s_s[j], out)
+        for u, v in T.Parallel(*shape):
+            if by * bm + token(u, v) < m and col0 + column(u, v) < rows:
+                Y[by * bm + token(u, v), idx_s[column(u, v)]] = _scaled(acc[u, v], a_s[token(u, v)], s_s[column(u, v)], out)
 
     return store
 

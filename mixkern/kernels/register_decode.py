@@ -18,15 +18,16 @@ repack the weights, the activations are permuted to match, inside each 128-wide 
 A and B agree.  The activation quantization writes X in that order
 (:func:`.act_quant.act_quant`, ``register_order``).
 
-The producer warpgroup, the ring and split-K are :mod:`.overlapped_decode`'s; the epilogue
-writes ``y[m, idx[n]]`` from the transposed accumulator with the format's one float order.
+The producer warpgroup and its ring follow :mod:`.overlapped_decode` (here with the scales
+prefetched and K slices that may differ by a tile); the epilogue is
+:func:`.mixed_gemm.tile_store` on the transposed accumulator.
 """
 
 import tilelang.language as T
 
 from ..schedules import Schedule
 from .int4_decode import DECODE_SOURCE, tile_groups
-from .mixed_gemm import DTYPES, STORE_BARRIER, _scaled, launch_entry, stage_columns
+from .mixed_gemm import DTYPES, launch_entry, tile_store
 
 PRODUCER_THREADS = 128
 WINDOW = 128  # the K tile, and the span inside which X is permuted
@@ -89,7 +90,7 @@ def fragment_layout(rows: int, bk: int):
 
 
 def check(k: int, group_size: int, schedule: Schedule) -> None:
-    """Raise ValueError where this kernel cannot run (K windows, tile shape, staged scales)."""
+    """Raise ValueError where this kernel cannot run (schedule kind, group size, K slices, tile shape)."""
     s = schedule
     if not s.register_a or group_size % 32:
         raise ValueError(f"{s}: the register-decode kernel runs register_a schedules and groups of a multiple of 32")
@@ -184,38 +185,6 @@ def _consumer(s: Schedule, group_size: int):
     return consume
 
 
-def transposed_store(bt: int, bw: int, m, out: str, split: bool, consumers: int):
-    """A macro writing the (bw weight rows, bt tokens) int32 tile into Y's columns ``idx[n]``
-    through the format's epilogue (or, split over K, adding it into the workspace Acc):
-    ``store(acc, A, S, Idx, Y, Acc, rows, col0, acc_col0, by)`` as :func:`.mixed_gemm.tile_store`."""
-    if split:
-        @T.macro
-        def add(acc, A, S, Idx, Y, Acc, rows, col0, acc_col0, by):
-            for i, j in T.Parallel(bw, bt):
-                if by * bt + j < m and col0 + i < rows:
-                    T.atomic_add(Acc[by * bt + j, acc_col0 + col0 + i], acc[i, j])
-        return add
-    stage = stage_columns(bw, consumers)
-
-    @T.macro
-    def store(acc, A, S, Idx, Y, Acc, rows, col0, acc_col0, by):
-        idx_s = T.alloc_shared((bw,), "int32")
-        s_s = T.alloc_shared((bw,), "float32")
-        a_s = T.alloc_shared((bt,), "float32")
-        tx = T.get_thread_binding()
-        T.sync_threads(STORE_BARRIER, consumers)
-        stage(idx_s, s_s, Idx, S, rows, col0, tx)
-        for t in T.serial(-(-bt // consumers)):
-            if t * consumers + tx < bt and by * bt + t * consumers + tx < m:
-                a_s[t * consumers + tx] = A[by * bt + t * consumers + tx]
-        T.sync_threads(STORE_BARRIER, consumers)
-        for i, j in T.Parallel(bw, bt):
-            if by * bt + j < m and col0 + i < rows:
-                Y[by * bt + j, idx_s[i]] = _scaled(acc[i, j], a_s[j], s_s[i], out)
-
-    return store
-
-
 def register_decode_gemm(k: int, group_size: int, schedule: Schedule, out_dtype: str = "float16",
                          has4: bool = True, has8: bool = True):
     """TileLang prim_func with :func:`.mixed_gemm.mixed_gemm`'s launch arguments, X in the
@@ -230,7 +199,7 @@ def register_decode_gemm(k: int, group_size: int, schedule: Schedule, out_dtype:
     blocks8 = T.ceildiv(n8, bw) if has8 else 0
     produce = _producer(s, group_size, k)
     consume = _consumer(s, group_size)
-    store = transposed_store(bt, bw, m, DTYPES[out_dtype], s.split_k > 1, consumers)
+    store = tile_store(bt, bw, m, DTYPES[out_dtype], s.split_k > 1, consumers, transposed=True)
 
     @T.macro
     def body(X, A, W4, S2, Z, S4, I4, W8, S8, I8, Y, Acc):

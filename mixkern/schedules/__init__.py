@@ -48,8 +48,7 @@ class Schedule:
         if self.block_k % 32 or (self.block_k % group_size and group_size % self.block_k):
             raise ValueError(f"block_k={self.block_k} must be a multiple of 32 and divide or be divided by group_size={group_size}")
         if self.register_a:  # K slices of whole 128-wide tiles, the last one possibly shorter
-            tiles = k // self.block_k
-            if k % self.block_k or (self.split_k - 1) * self.slice_tiles(k) >= tiles:
+            if k % self.block_k or not self.slices_filled(k):
                 raise ValueError(f"K={k} is not {self.split_k} non-empty slices of {self.block_k}-wide tiles")
         elif k % (self.block_k * self.split_k):
             raise ValueError(f"K={k} is not a multiple of block_k*split_k={self.block_k * self.split_k}")
@@ -68,6 +67,10 @@ class Schedule:
     def slice_tiles(self, k: int) -> int:
         """K tiles of one K slice (the register-decode kernel's last slice may have fewer)."""
         return -(-k // (self.block_k * self.split_k))
+
+    def slices_filled(self, k: int) -> bool:
+        """Whether every one of ``split_k`` slices of :meth:`slice_tiles` tiles has a tile of K."""
+        return (self.split_k - 1) * self.slice_tiles(k) < k // self.block_k
 
     def stores_rows(self, n: int) -> bool:
         """Whether the epilogue can write output rows of N features: the predecoded GEMM's TMA
@@ -258,7 +261,7 @@ def fit(schedule: AnySchedule, k: int, group_size: int) -> AnySchedule:
     if isinstance(schedule, GemvSchedule) and not schedule.fits_registers(k):
         schedule = GemvSchedule(schedule.rows, schedule.warps, schedule.tokens)
     if isinstance(schedule, Schedule) and schedule.register_a:  # uneven slices: only none may be empty
-        while schedule.split_k > 1 and (schedule.split_k - 1) * schedule.slice_tiles(k) >= k // schedule.block_k:
+        while schedule.split_k > 1 and not schedule.slices_filled(k):
             schedule = Schedule(**{**asdict(schedule), "split_k": schedule.split_k - 1})
     elif isinstance(schedule, Schedule):
         while k % (schedule.block_k * schedule.split_k) and (schedule.split_k > 1 or schedule.block_k > 64):

@@ -108,8 +108,8 @@ REGISTER_MAX_SPLIT = 8
 def registered(arch: str, m: int, n: int, k: int, group_size: int, sms: int) -> Schedule | None:
     """The register-decode schedule (:mod:`mixkern.kernels.register_decode`) for an M x N x K
     layer, or None where it does not apply: sm_90a, REGISTER_MIN_M..REGISTER_MAX_M tokens (above
-    16 only up to K = REGISTER_MAX_K_ABOVE_16), K a multiple of 128 and groups of a multiple of 32.  Layers with half a wave of 128-row blocks
-    run them unsplit (splitting cost 1.2-1.6x at 64 tokens on 14336 x 4096 and 28672 x 8192);
+    16 only up to K = REGISTER_MAX_K_ABOVE_16), K a multiple of 128 and groups of a multiple of
+    32.  Layers with half a wave of 128-row blocks run them unsplit (splitting cost 1.2-1.6x at 64 tokens on 14336 x 4096 and 28672 x 8192);
     narrower ones run 64-row blocks, K split in powers of two (slices may differ by a tile)
     until 1.5 blocks per SM.  On the H100 (10% 8-bit, twelve layer shapes at 12-64 tokens) the
     cells this rule takes ran 1.02-1.38x faster than the picks they replaced, except 1024 x 4096 at
@@ -121,13 +121,13 @@ def registered(arch: str, m: int, n: int, k: int, group_size: int, sms: int) -> 
     tokens = next(t for t in REGISTER_TOKEN_TILES if m <= t)
     if _ceil(n, 128) >= REGISTER_WIDE_MIN_FILL * sms:
         return Schedule(tokens, 128, 128, 6, 256, register_a=True)
-    split, tiles = 1, k // 128
-    while split < REGISTER_MAX_SPLIT and _ceil(n, 64) * split < REGISTER_FILL * sms:
-        more = 2 * split  # slices of at least two tiles, none empty (ceil-sized, the last one shorter)
-        if tiles < 2 * more or (more - 1) * _ceil(tiles, more) >= tiles:
+    tile = Schedule(tokens, 64, 128, 6, 128, register_a=True)
+    while tile.split_k < REGISTER_MAX_SPLIT and _ceil(n, 64) * tile.split_k < REGISTER_FILL * sms:
+        more = Schedule(tokens, 64, 128, 6, 128, 2 * tile.split_k, register_a=True)
+        if k // 128 < 2 * more.split_k or not more.slices_filled(k):  # slices of two tiles or more, none empty
             break
-        split = more
-    return Schedule(tokens, 64, 128, 6, 128, split, register_a=True)
+        tile = more
+    return tile
 
 
 def sm_count(arch: str, sms: int | None = None) -> int:
