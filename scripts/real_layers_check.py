@@ -1,8 +1,8 @@
 """python scripts/real_layers_check.py (GPU, ~5 min with compiles on 16 cores):
 Qwen2.5-1.5B / -7B layer shapes (K = 1536, 3584, 8960, 18944; fused q/k/v, gate/up) at awkward token
 counts, both formats, the op's own pick: bit-equal to the reference in the kernel's K slices, no unwritten
-output (poisoned).  Cases on the few-token overlapped picks (under 17 tokens), the 64 x 256 and the
-narrow layers' 64 x 64 tiles print a line each; every mismatch prints."""
+output (poisoned).  Cases on the register-decode picks, the few-token overlapped picks (under 17
+tokens), the 64 x 256 and the narrow layers' 64 x 64 tiles print a line each; every mismatch prints."""
 import os, sys, torch
 sys.path[:0] = [os.path.join(os.path.dirname(__file__), "..", "tests")]  # the GPU tests' input builder
 import mixkern
@@ -27,10 +27,10 @@ for i, (m, n, k, f, d) in enumerate(cases):
     ref = reference_gemm_quantized(*quantize_for(x, pw), pw, d, split_k=L.chain_slices(m, pw, dev))
     s = sched(m, n, k, f)
     ran = for_mixllm(s, k, 128, arch) if f == "mixllm" else s
-    is_new = getattr(s, "overlap", False) and (m < 17 or s.block_n != 128)
+    is_new = getattr(s, "register_a", False) or (getattr(s, "overlap", False) and (m < 17 or s.block_n != 128))
     new += is_new
     ok = not torch.isnan(y).any() and torch.equal(y, ref)
     bad += not ok
     if is_new or not ok:
-        print(f"{n}x{k} M={m} {f} {ran.key}: {'exact' if ok else 'MISMATCH'}{' (few-token, 64 x 256 or 64 x 64 pick)' if is_new else ''}", flush=True)
-print(f"{len(cases)} cases, {new} on few-token / 64 x 256 / 64 x 64 picks, {bad} not bit-equal")
+        print(f"{n}x{k} M={m} {f} {ran.key}: {'exact' if ok else 'MISMATCH'}{' (register-decode, few-token, 64 x 256 or 64 x 64 pick)' if is_new else ''}", flush=True)
+print(f"{len(cases)} cases, {new} on register-decode / few-token / 64 x 256 / 64 x 64 picks, {bad} not bit-equal")
