@@ -89,6 +89,7 @@ def check_register_decode(src: str, has4: bool, has8: bool) -> None:
     assert "tma_load" in src and int8_rs in src and "tl::wgmma_ss<" not in src and "tl::wait_wgmma<1>();" in src
     assert (src.count("mixkern_decode_regs(") > 1) == has4 and (src.count("mixkern_copy_regs(") > 1) == has8
     assert "mixkern_fence_decoded();" not in src and src.count("mixkern_decode16(") == 1  # its definition only
+    assert src.count("mixkern_hold_regs(") >= 3  # defined, and each fragment held past its wgmma's wait
 
 
 def check_int8_gemm_instructions(job, src: str) -> None:

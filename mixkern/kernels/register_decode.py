@@ -60,6 +60,21 @@ __device__ __forceinline__ void mixkern_copy_regs(const void* row, void* frag, i
   r[0 + half] = lo.x; r[2 + half] = lo.y; r[4 + half] = lo.z; r[6 + half] = lo.w;
   r[8 + half] = hi.x; r[10 + half] = hi.y; r[12 + half] = hi.z; r[14 + half] = hi.w;
 }
+
+// Keeps a fragment's 16 registers live up to here.  wgmma reads its register A operand
+// asynchronously, until a wgmma.wait_group covers it, but ptxas counts the fragment dead once
+// the wgmma is issued: it gave both fragments the same registers, and tile j + 1's decode
+// overwrote tile j's operand while that wgmma still read it.  An empty asm is invisible to
+// ptxas, so this is a real read: a 16-way xor, stored only if the block had no dynamic shared
+// memory (it always has: X_s lives there), a condition ptxas cannot fold.
+__device__ __forceinline__ void mixkern_hold_regs(const void* frag, void* sink) {
+  const unsigned* r = reinterpret_cast<const unsigned*>(frag);
+  unsigned x = 0, smem;
+#pragma unroll
+  for (int i = 0; i < 16; ++i) x ^= r[i];
+  asm volatile("mov.u32 %0, %%dynamic_smem_size;" : "=r"(smem));
+  if (smem == 0) *reinterpret_cast<volatile unsigned*>(sink) = x;
+}
 """
 
 
@@ -168,18 +183,23 @@ def _consumer(s: Schedule, group_size: int):
                               T.address_of(frag[0, 0]), half)
 
     @T.macro
+    def step(X_s, W_s, S2_s, Z_s, frag, other, acc, full, empty, j, packed):
+        """Tile j into ``frag``; then tile j - 1's wgmma (on ``other``) is done: hold ``other``
+        to here and free its slot."""
+        T.mbarrier_wait_parity(full[j % stages], (j // stages) % 2)
+        fill(W_s, S2_s, Z_s, frag, j, packed)
+        T.wgmma_gemm(frag, X_s[j % stages, :, :], acc, transpose_B=True, policy=policy)
+        T.wait_wgmma(1)
+        if j > 0:
+            T.call_extern("handle", "mixkern_hold_regs", T.address_of(other[0, 0]), T.address_of(X_s[0, 0, 0]))
+            T.barrier_arrive(empty[(j - 1) % stages])
+
+    @T.macro
     def consume(X_s, W_s, S2_s, Z_s, frag0, frag1, acc, full, empty, nk, packed):
-        for j in T.serial(nk):
-            T.mbarrier_wait_parity(full[j % stages], (j // stages) % 2)
-            if j % 2 == 0:
-                fill(W_s, S2_s, Z_s, frag0, j, packed)
-                T.wgmma_gemm(frag0, X_s[j % stages, :, :], acc, transpose_B=True, policy=policy)
-            else:
-                fill(W_s, S2_s, Z_s, frag1, j, packed)
-                T.wgmma_gemm(frag1, X_s[j % stages, :, :], acc, transpose_B=True, policy=policy)
-            T.wait_wgmma(1)
-            if j > 0:
-                T.barrier_arrive(empty[(j - 1) % stages])
+        for jj in T.serial(T.ceildiv(nk, 2)):  # two tiles an iteration, so each fragment has its own decode
+            step(X_s, W_s, S2_s, Z_s, frag0, frag1, acc, full, empty, 2 * jj, packed)
+            if 2 * jj + 1 < nk:
+                step(X_s, W_s, S2_s, Z_s, frag1, frag0, acc, full, empty, 2 * jj + 1, packed)
         T.wait_wgmma(0)
 
     return consume
