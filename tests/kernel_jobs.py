@@ -39,8 +39,9 @@ WIDE_OVERLAPPED = (Schedule(192, 128, 128, 4, 256, overlap=True),  # Hopper, 129
 REGISTER_DECODE = (Schedule(16, 128, 128, 6, 256, register_a=True),  # Hopper, 9..64 tokens: weights in register A
                    Schedule(64, 64, 128, 6, 128, 8, register_a=True),  # narrow layers: 64 rows, K in eight slices
                    Schedule(32, 128, 128, 6, 256, 3, register_a=True),  # uneven slices (32 tiles: 11, 11, 10)
-                   Schedule(128, 64, 128, 4, 128, 4, register_a=True),  # 65..512 tokens: 128 token rows, 64 weight rows
-                   Schedule(192, 128, 128, 4, 256, register_a=True))  # 192 token rows, 128 weight rows
+                   Schedule(128, 64, 128, 4, 128, 4, register_a=True),  # 65..1024 tokens: 128 token rows, 64 weight rows
+                   Schedule(192, 128, 128, 4, 256, register_a=True),  # 192 token rows, 128 weight rows
+                   Schedule(256, 128, 128, 4, 256, 2, register_a=True))  # 256 token rows: setmaxnreg for the consumers
 MIXLLM_OVERLAPPED = (Schedule(128, 128, 128, 4, 256, 4, overlap=True),  # mixllm: 64 x 128, K in two slices
                      Schedule(128, 128, 128, 4, 256, overlap=True))  # mixllm: 128 x 128
 

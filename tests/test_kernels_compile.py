@@ -49,7 +49,7 @@ def check_instructions(job, src: str) -> None:
     assert ("AtomicAdd(" in src) == (job[4].split_k > 1)  # split over K: int32 partials added exactly
     assert ("((int*)idx_s" in src) == (job[4].split_k == 1)  # the store's column indices staged in shared memory
     if arch == "sm_90a" and job[4].register_a:
-        check_register_decode(src, has4, has8)
+        check_register_decode(src, has4, has8, job[4])
         return
     if arch == "sm_90a" and job[4].overlap:
         check_overlapped_decode(src, has4, job[4].split_k > 1)
@@ -81,7 +81,7 @@ def check_overlapped_decode(src: str, has4: bool, split: bool) -> None:
         assert "Z_s" in call and "Z[" not in call
 
 
-def check_register_decode(src: str, has4: bool, has8: bool) -> None:
+def check_register_decode(src: str, has4: bool, has8: bool, schedule) -> None:
     """The register-decode kernel: TMA loads by a producer warpgroup, the weights decoded (or
     copied) straight into the wgmma's register A operand and multiplied asynchronously, one
     behind; no decoded tile in shared memory, so no proxy fence of the decode's own."""
@@ -90,6 +90,8 @@ def check_register_decode(src: str, has4: bool, has8: bool) -> None:
     assert (src.count("mixkern_decode_regs(") > 1) == has4 and (src.count("mixkern_copy_regs(") > 1) == has8
     assert "mixkern_fence_decoded();" not in src and src.count("mixkern_decode16(") == 1  # its definition only
     assert src.count("mixkern_hold_regs(") >= 3  # defined, and each fragment held past its wgmma's wait
+    rebalanced = schedule.block_m >= 256 and schedule.threads == 256  # 256 token rows on two consumer warpgroups
+    assert ("warpgroup_reg_alloc<232>" in src) == rebalanced == ("warpgroup_reg_dealloc<40>" in src)
 
 
 def check_int8_gemm_instructions(job, src: str) -> None:

@@ -103,6 +103,7 @@ def _hazard(code: list, labels: dict, end: int, regs: set[int]) -> str | None:
 @pytest.mark.parametrize("key, has4, has8", [
     ("bm128_bn128_bk128_s4_t256_sk2_ra", True, False),  # the tile that went wrong on the H100 (4-bit rows)
     ("bm16_bn64_bk128_s6_t128_sk4_ra", False, True),  # a few-token tile, 8-bit rows copied into the fragments
+    ("bm256_bn128_bk128_s4_t256_sk1_ra", True, True),  # 256 token rows: setmaxnreg, 128 accumulators a thread
 ])
 def test_no_register_of_a_wgmma_in_flight_is_written(key, has4, has8, monkeypatch):
     tool = _nvdisasm()
@@ -110,6 +111,7 @@ def test_no_register_of_a_wgmma_in_flight_is_written(key, has4, has8, monkeypatc
         pytest.skip("nvdisasm not found: pip install nvidia-cuda-nvdisasm (the test extra has it)")
     monkeypatch.setenv("PATH", os.path.dirname(tool) + os.pathsep + os.environ.get("PATH", ""))
     code, labels = _parse(_sass(key, has4, has8))
+    assert "STL" not in {opcode.split(".")[0] for _, opcode, _ in code}, "spilled registers (ptxas then serializes wgmma)"
     groups = _groups(code)
     assert len(groups) >= 2, "the main loop should issue the two fragments' wgmma groups"
     fragments = {frozenset(regs) for _, regs in groups}

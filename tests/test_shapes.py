@@ -237,7 +237,7 @@ def test_long_prompts_run_predecoded_where_the_epilogue_and_grid_allow(m, n, sms
     """From 192 tokens, N a multiple of 8 and half a wave of 64 x 128 tiles: the predecoded GEMM,
     its widest tile that fills 0.8 of a wave, never split over K -- but up to 384 tokens only
     where the overlapped decode would split K = 4096 (slices of 2048 or less); the tables never
-    override it (pick's register-decode rule comes first up to 512 tokens)."""
+    override it (pick's register-decode rule comes first up to 1024 tokens)."""
     s = choose("sm_90a", m, n, 4096, 128, n // 10, sms)
     waves = sms or 132
     want = m >= 192 and n % 8 == 0 and 2 * -(-m // 64) * -(-n // 128) >= waves
@@ -249,7 +249,7 @@ def test_long_prompts_run_predecoded_where_the_epilogue_and_grid_allow(m, n, sms
         assert not getattr(s, "predecode", False)
     if want:
         assert s.split_k == 1 and (s.block_m, s.block_n) in {(128, 256), (128, 128), (64, 128)}
-        if m > 512:  # up to 512 tokens pick takes the register-decode kernel first (progressive)
+        if m > 1024 or (m > 512 and n < 4096):  # else pick takes the register-decode kernel first (progressive)
             assert s == pick("sm_90a", m, n, 4096, 128, n // 10, sms)
         fills = -(-m // s.block_m) * -(-n // s.block_n) >= 0.8 * waves
         assert fills or (s.block_m, s.block_n) == (64, 128)
@@ -265,7 +265,7 @@ def test_few_tokens_decode_into_registers_on_hopper(m, n, k_tiles, group_size, s
     k, waves = 128 * k_tiles, sms or 132
     s = pick("sm_90a", m, n, k, group_size, n // 10, sms)
     if m > 64:
-        return  # test_prompts_up_to_512_tokens_decode_into_registers_on_hopper
+        return  # test_prompts_up_to_1024_tokens_decode_into_registers_on_hopper
     if not 9 <= m <= 64 or (m > 16 and k > 12288):
         assert not getattr(s, "register_a", False)
         return
@@ -293,18 +293,19 @@ def test_register_decode_picks_where_the_h100_sweep_found_them(n, k, m, key):
     assert pick("sm_90a", m, n, k, 128, n // 10, 132).key == key
 
 
-@given(m=st.integers(65, 640), n=st.integers(1, 1 << 16), k_tiles=st.integers(1, 300), group_size=st.sampled_from([32, 64, 128]),
+@given(m=st.integers(65, 1200), n=st.integers(1, 1 << 16), k_tiles=st.integers(1, 300), group_size=st.sampled_from([32, 64, 128]),
        sms=st.sampled_from([None, 16, 108, 132]))
-def test_prompts_up_to_512_tokens_decode_into_registers_on_hopper(m, n, k_tiles, group_size, sms):
-    """65..512 tokens on sm_90a (progressive): the register-decode kernel on whichever of the 128 x 64,
-    128 x 128 and 192 x 128 (token x weight rows) tiles, K split 1, 2 or 4 ways (slices of two tiles or
-    more, none empty), costs least: waves of blocks x K tiles a slice x the tile's fitted cost, plus the
-    split's cost per output (M rounded up to 64).  Past 512 tokens, in the mixllm format and on sm_80 it never applies."""
+def test_prompts_up_to_1024_tokens_decode_into_registers_on_hopper(m, n, k_tiles, group_size, sms):
+    """65..1024 tokens on sm_90a (progressive; from 513 only where N >= 3584 and N x K >= 4096 x 4096): the
+    register-decode kernel on whichever of the 128 x 64, 128 x 128, 192 x 128 and 256 x 128 (token x weight
+    rows) tiles, K split 1, 2 or 4 ways (slices of two tiles or more, none empty; 256 rows unsplit), costs least: waves of blocks x K tiles a
+    slice x the tile's fitted cost, plus the split's cost per output (M rounded up to 64).  Past 1024 tokens,
+    in the mixllm format and on sm_80 it never applies."""
     k, waves = 128 * k_tiles, sms or 132
     s = pick("sm_90a", m, n, k, group_size, n // 10, sms)
     assert not getattr(pick("sm_90a", m, n, k, group_size, n // 10, sms, **format_pick("mixllm")), "register_a", False)
     assert not getattr(pick("sm_80", m, n, k, group_size, n // 10, sms), "register_a", False)
-    if m > 512:
+    if m > 1024 or (m > 512 and (n * k < 4096 * 4096 or n < 3584)):
         assert not getattr(s, "register_a", False)
         return
 
@@ -314,7 +315,7 @@ def test_prompts_up_to_512_tokens_decode_into_registers_on_hopper(m, n, k_tiles,
         return -(-grid // waves) * per_slice * REGISTER_WIDE_TILES[tokens, rows, 2 * rows] \
             + (split > 1) * REGISTER_SPLIT_US_PER_MILLION * (64 * -(-m // 64) * n) / 1e6
 
-    fits = [(t, r, sp) for t, r in ((128, 64), (128, 128), (192, 128)) for sp in (1, 2, 4)
+    fits = [(t, r, sp) for t, r in ((128, 64), (128, 128), (192, 128), (256, 128)) for sp in ((1, 2, 4) if t < 256 else (1,))
             if sp == 1 or (k_tiles >= 2 * sp and (sp - 1) * -(-k_tiles // sp) < k_tiles)]
     assert s.register_a and (s.block_m, s.block_n, s.split_k) in fits and (s.threads, s.stages) == (2 * s.block_n, 4)
     assert cost(s.block_m, s.block_n, s.split_k) == min(cost(*f) for f in fits)
@@ -326,8 +327,13 @@ def test_prompts_up_to_512_tokens_decode_into_registers_on_hopper(m, n, k_tiles,
     (4096, 14336, 128, "bm128_bn128_bk128_s4_t256_sk4_ra"),  # 35.4 / 43.0
     (4096, 4096, 256, "bm128_bn64_bk128_s4_t128_sk1_ra"),  # 21.9 / 26.4 (predecoded)
     (1024, 4096, 128, "bm128_bn64_bk128_s4_t128_sk4_ra"),  # 14.6 / 15.7
-    (8192, 28672, 512, "bm128_bn128_bk128_s4_t256_sk1_ra"),  # 277.7 / 329.0 (predecoded)
-    (14336, 4096, 513, "bm128_bn256_bk128_s3_t256_sk1_pd"),  # past 512 tokens: predecoded (1024: 0.94x of it)
+    (28672, 8192, 256, "bm256_bn128_bk128_s4_t256_sk1_ra"),  # 137.9 / 195.6; 128 token rows 182.1
+    (8192, 28672, 1024, "bm256_bn128_bk128_s4_t256_sk1_ra"),  # 409.1 / 506.0 (predecoded)
+    (18944, 3584, 256, "bm128_bn128_bk128_s4_t256_sk1_ra"),  # 71.8; 256 token rows 86.4 (148 blocks: 1.1 waves)
+    (14336, 4096, 1025, "bm128_bn256_bk128_s3_t256_sk1_pd"),  # past 1024 tokens: predecoded
+    (1024, 4096, 1024, "bm64_bn128_bk128_s4_t128_sk1_pd"),  # small layers from 513: predecoded 25.5, registers 29.7
+    (2048, 11008, 1024, "bm128_bn128_bk128_s4_t256_sk1_pd"),  # narrow, from 513: predecoded 75.0, registers 111.1
+    (3584, 18944, 768, "bm192_bn128_bk128_s4_t256_sk1_ra"),  # 132.1 / 196.8 (predecoded)
 ])
 def test_wide_register_decode_picks_where_the_h100_sweep_found_them(n, k, m, key):
     assert pick("sm_90a", m, n, k, 128, n // 10, 132).key == key

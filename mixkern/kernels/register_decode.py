@@ -1,5 +1,6 @@
-"""W4A8 + W8A8 on Hopper for few tokens (progressive format): the weights are the wgmma's A
-operand, decoded from shared memory straight into registers; the tokens are its N (swap AB).
+"""W4A8 + W8A8 on Hopper for 9 to 1024 tokens (progressive format): the weights are the wgmma's A
+operand, decoded from shared memory straight into registers; the tokens are its N (swap AB), 16 to
+256 of them a block.
 
 Why: the overlapped decode (:mod:`.overlapped_decode`) puts tokens on the MMA's M side, so 16
 tokens fill a 64-row wgmma a quarter, and every K step runs decode -> shared store -> proxy
@@ -33,6 +34,8 @@ PRODUCER_THREADS = 128
 WINDOW = 128  # the K tile, and the span inside which X is permuted
 ROWS_PER_WARPGROUP = 64  # one m64 wgmma atom of weight rows per consumer warpgroup
 SCALE_PREFETCH = 4  # K tiles ahead that the producer loads the 4-bit rows' scales and zero points
+PRODUCER_REGS, CONSUMER_REGS = 40, 232  # setmaxnreg for token tiles of REBALANCE_MIN_TOKENS on two consumer warpgroups:
+REBALANCE_MIN_TOKENS = 256  # 128 int32 accumulators a thread spill at the even 168, and ptxas then serializes every wgmma
 
 REGISTER_DECODE_SOURCE = DECODE_SOURCE + r"""
 // Thread t's 16 packed bytes of one weight row's 128-wide K window (codes 32t .. 32t + 31,
@@ -163,7 +166,9 @@ def _producer(s: Schedule, group_size: int, k: int):
 def _consumer(s: Schedule, group_size: int):
     """Per K tile j: wait for slot j % stages, fill register fragment j % 2 with this thread's two
     rows (decoded or copied), issue the wgmma on it and the slot's X tile, then wait for the one
-    before (fragment (j + 1) % 2 is free again) and free its slot."""
+    before, hold its fragment up to there (``mixkern_hold_regs``: else ptxas reuses its registers
+    while that wgmma still reads them) and free its slot.  The loop body runs two tiles, one per
+    fragment, so each fragment is written by its own decode code."""
     bk, stages = s.block_k, s.stages
     per_group = min(group_size, bk)  # K of one scale inside a tile
     policy = T.GemmWarpPolicy.FullRow
@@ -235,22 +240,31 @@ def register_decode_gemm(k: int, group_size: int, schedule: Schedule, out_dtype:
             empty = T.alloc_barrier([consumers] * stages)
             tx = T.get_thread_binding()
             nk = T.min(per_slice, tiles - bz * per_slice)  # this K slice's tiles (the last may be short)
+            rebalance = bt >= REBALANCE_MIN_TOKENS and consumers == 256
             if has4 and (not has8 or bx < blocks4):
                 P_s = T.alloc_shared((stages, bw, bk // 2), "uint8")
                 S2_s = T.alloc_shared((stages, tile_groups(bk, group_size), bw), "uint8")
                 Z_s = T.alloc_shared((stages, tile_groups(bk, group_size), bw), "uint8")
                 if tx >= consumers:
+                    if rebalance:
+                        T.dec_max_nreg(PRODUCER_REGS)
                     produce(X, W4, S2, Z, X_s, P_s, S2_s, Z_s, full, empty, bx * bw, n4, by, bz, nk, True)
                 else:
+                    if rebalance:
+                        T.inc_max_nreg(CONSUMER_REGS)
                     T.clear(acc)
                     consume(X_s, P_s, S2_s, Z_s, frag0, frag1, acc, full, empty, nk, True)
                     store(acc, A, S4, I4, Y, Acc, n4, bx * bw, 0, by)
             else:
                 W_s = T.alloc_shared((stages, bw, bk), "int8")
                 if tx >= consumers:
+                    if rebalance:
+                        T.dec_max_nreg(PRODUCER_REGS)
                     produce(X, W8, None, None, X_s, W_s, None, None, full, empty, (bx - blocks4) * bw, n8, by, bz, nk,
                             False)
                 else:
+                    if rebalance:
+                        T.inc_max_nreg(CONSUMER_REGS)
                     T.clear(acc)
                     consume(X_s, W_s, None, None, frag0, frag1, acc, full, empty, nk, False)
                     store(acc, A, S8, I8, Y, Acc, n8, (bx - blocks4) * bw, n4 if has4 else 0, by)

@@ -12,12 +12,13 @@ blocks a grid has against the GPU's SM count, and how long one block's K loop is
   the fused kernel measured 1.09-1.69x slower than the plain one (H100; K = 1536, 3584, 5120).
 * **M <= 4**: the GEMV with 4 tokens per block, 8 rows, and as many warps as keep ~8 warps
   per SM busy (at least 2 at long K, where one warp's loop over K gets long).
-* **9 <= M <= 512** (sm_90a, progressive format; at 17-64 tokens only up to K = 12288): the
+* **9 <= M <= 1024** (sm_90a, progressive format; at 17-64 tokens only up to K = 12288, from 513
+  only where N >= 3584 and N x K >= 4096 x 4096): the
   register-decode kernel (:mod:`mixkern.kernels.register_decode`, :func:`registered`): weights
   decoded straight into the wgmma's register A operand, tokens as its N.  Up to 64 tokens 128
   weight rows a block unsplit on layers with half a wave of them, else 64 rows with K split until
-  1.5 blocks per SM; from 65 tokens the 128 x 64, 128 x 128 or 192 x 128 (tokens x rows) tile and
-  split of lowest fitted cost.  Where it applies it comes before every rule below and the tuned tables.
+  1.5 blocks per SM; from 65 tokens the 128 x 64, 128 x 128, 192 x 128 or 256 x 128 (tokens x
+  rows) tile and split of lowest fitted cost.  Where it applies it comes before every rule below and the tuned tables.
 * **M <= 16**: on sm_90a, layers with K >= 8192 and N >= 3072 run the overlapped decode below;
   otherwise the GEMV with 8 tokens per block (16 at long K) for N < 8192, and from N = 8192
   the 16-token tensor-core tile, split over K (K >= 16384) until two blocks per SM.
@@ -97,18 +98,23 @@ PREDECODE_TILES = (Schedule(128, 256, 128, 3, 256, predecode=True), Schedule(128
                    Schedule(64, 128, 128, 4, 128, predecode=True))
 
 
-REGISTER_MIN_M, REGISTER_MAX_M = 9, 512  # the register-decode kernel's token counts (H100: measured at 12-512)
+REGISTER_MIN_M, REGISTER_MAX_M = 9, 1024  # the register-decode kernel's token counts (H100: measured at 12-1024)
+REGISTER_LONG_MIN_M = 513  # from here only on layers of at least REGISTER_LONG_MIN_WEIGHTS (N x K) and N (below, the
+REGISTER_LONG_MIN_WEIGHTS, REGISTER_LONG_MIN_N = 4096 * 4096, 3584  # predecoded GEMM won at 1024 tokens: 1024 x 4096
+# 0.83x, 2048 x 11008 0.67x, its blocks re-reading long rows of X from L2)
 REGISTER_TOKEN_TILES = (16, 32, 64)  # up to 64 tokens its token tiles: the smallest that holds M (few distinct kernels)
 REGISTER_MAX_K_ABOVE_16 = 12288  # above 16 tokens only up to this K: longer layers (4096 x 14336, 3584 x 18944,
 # 8192 x 28672) ran 0.76-0.99x of the overlapped picks at 24-32 tokens (H100, stop 33)
 REGISTER_WIDE_MIN_FILL = 0.5  # of a wave: 128-row blocks unsplit from here ...
 REGISTER_FILL = 1.5  # ... else 64-row blocks, K split in two, four or eight until this many blocks per SM
 REGISTER_MAX_SPLIT = 8
-# 65..512 tokens: (token rows, weight rows, threads) -> us per K tile and wave of such blocks, and what a K split
-# adds per million outputs (int32 workspace atomics, the epilogue kernel); fitted on 38 H100 cells (8 layer shapes
-# at 128-512 tokens, splits 1, 2, 4), where the tile this cost picks ran at 1.01x the best of 9 on average
-REGISTER_WIDE_TILES = {(128, 64, 128): 0.343, (128, 128, 256): 0.466, (192, 128, 256): 0.566}
-REGISTER_WIDE_SPLITS = (1, 2, 4)
+# 65..1024 tokens: (token rows, weight rows, threads) -> us per K tile and wave of such blocks, and what a K split
+# adds per million outputs (int32 workspace atomics, the epilogue kernel); fitted by least squares on 38 H100 cells
+# (8 layer shapes at 128-512 tokens, splits 1, 2, 4), the 256-row tile's on 40 more (256-1024 tokens) and raised
+# from 0.686 to 0.72 where that lowered the regret (1.017x the best timed tile on average over 56 cells)
+REGISTER_WIDE_TILES = {(128, 64, 128): 0.343, (128, 128, 256): 0.466, (192, 128, 256): 0.566, (256, 128, 256): 0.72}
+REGISTER_WIDE_SPLITS = (1, 2, 4)  # (the 256-token tile unsplit only: split, it ran 0.69-0.96x of the others on
+REGISTER_WIDE_UNSPLIT_TOKENS = 256  # 2048 x 11008 and 4096 x 14336, and gained 1.11x once)
 REGISTER_SPLIT_US_PER_MILLION = 10.7
 REGISTER_WIDE_STAGES = 4
 
@@ -116,11 +122,14 @@ REGISTER_WIDE_STAGES = 4
 def registered(arch: str, m: int, n: int, k: int, group_size: int, sms: int) -> Schedule | None:
     """The register-decode schedule (:mod:`mixkern.kernels.register_decode`) for an M x N x K
     layer, or None where it does not apply: sm_90a, REGISTER_MIN_M..REGISTER_MAX_M tokens (17-64
-    only up to K = REGISTER_MAX_K_ABOVE_16), K a multiple of 128 and groups of a multiple of 32.
-    Up to 64 tokens :func:`_register_few`, above :func:`_register_wide` (docs/kernels.md: on the
-    H100 the cells this rule takes ran 1.02-1.38x faster than the picks they replaced at 12-64
-    tokens, except 1024 x 4096 at 12-16 tokens, 0.79x, and 18944 x 3584 at 64, 0.97x; 65-512: stop 34)."""
+    only up to K = REGISTER_MAX_K_ABOVE_16, from 513 only where N >= 3584 and N x K >= 4096 x 4096), K a
+    multiple of 128 and groups of a multiple of 32.  Up to 64 tokens :func:`_register_few`, above
+    :func:`_register_wide` (docs/kernels.md: on the H100 the cells this rule takes ran 1.02-1.38x
+    faster than the picks they replaced at 12-64 tokens, except 1024 x 4096 at 12-16 tokens,
+    0.79x, and 18944 x 3584 at 64, 0.97x; 65-1024 tokens: stop 34)."""
     if arch.split("+")[0] != "sm_90a" or not REGISTER_MIN_M <= m <= REGISTER_MAX_M or k % 128 or group_size % 32:
+        return None
+    if m >= REGISTER_LONG_MIN_M and (n * k < REGISTER_LONG_MIN_WEIGHTS or n < REGISTER_LONG_MIN_N):
         return None
     if m > REGISTER_TOKEN_TILES[-1]:
         return _register_wide(m, n, k, sms)
@@ -147,14 +156,14 @@ def _register_few(m: int, n: int, k: int, sms: int) -> Schedule:
 
 
 def _register_wide(m: int, n: int, k: int, sms: int) -> Schedule:
-    """65..512 tokens: of the REGISTER_WIDE_TILES, each split 1, 2 or 4 ways (slices of two
-    tiles or more, none empty), the one with the lowest fitted cost: waves of blocks x K tiles a
+    """65..1024 tokens: of the REGISTER_WIDE_TILES, each split 1, 2 or 4 ways (slices of two
+    tiles or more, none empty; 256 token rows unsplit), the one with the lowest fitted cost: waves of blocks x K tiles a
     slice x the tile's cost, plus what a split adds per output (M rounded up to 64, so that
     :func:`distinct_token_counts` still reaches every choice).  Wider token tiles decode each
     weight tile for more tokens; narrower ones and splits fill the SMs on small grids."""
     best = None
     for (tokens, rows, threads), per_tile in REGISTER_WIDE_TILES.items():
-        for split in REGISTER_WIDE_SPLITS:
+        for split in REGISTER_WIDE_SPLITS if tokens < REGISTER_WIDE_UNSPLIT_TOKENS else (1,):
             tile = Schedule(tokens, rows, 128, REGISTER_WIDE_STAGES, threads, split, register_a=True)
             if split > 1 and (k // 128 < 2 * split or not tile.slices_filled(k)):
                 continue
