@@ -1,6 +1,6 @@
 """python scripts/real_layers_check.py (GPU, ~5 min with compiles on 16 cores):
 Qwen2.5-1.5B / -7B layer shapes (K = 1536, 3584, 8960, 18944; fused q/k/v, gate/up) at awkward token
-counts, both formats, the op's own pick: bit-equal to the reference in the kernel's K slices, no unwritten
+counts (1 to 777), both formats, the op's own pick: bit-equal to the reference in the kernel's K slices, no unwritten
 output (poisoned).  Cases on the register-decode picks, the few-token overlapped picks (under 17
 tokens), the 64 x 256 and the narrow layers' 64 x 64 tiles print a line each; every mismatch prints."""
 import os, sys, torch
@@ -15,7 +15,7 @@ from mixkern.warmup import compile_jobs
 L.POISON_OUTPUT = True
 dev = torch.device("cuda"); arch, sms = L.arch_of(dev), L.sm_count(dev)
 shapes = sorted({s for name in ("qwen2.5-1.5b", "qwen2.5-7b") for s in layer_shapes(CONFIGS[name]).values()})
-MS = (1, 3, 8, 12, 17, 40, 100)
+MS = (1, 3, 8, 12, 17, 40, 100, 300, 777)
 cases = [(m, n, k, f, (torch.float16, torch.bfloat16)[i % 2]) for i, (n, k) in enumerate(shapes) for m in MS for f in ("progressive", "mixllm")]
 def sched(m, n, k, f): return pick(arch, m, n, k, 128, round(0.1 * n), sms, **format_pick(f))
 jobs = [j for m, n, k, f, d in cases for j in L.kernel_jobs(arch, k, 128, sched(m, n, k, f), str(d).split(".")[1], True, True, f)]
