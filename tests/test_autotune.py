@@ -93,6 +93,23 @@ def test_candidates_survive_pruning_and_pruning_has_reasons(arch, b):
     limited, why = candidates(arch, b, 4096, 4096, limit=5)
     assert len(limited) == min(5, len(kept)) and limited[0] == kept[0]
     assert why["over limit"] == len(kept) - len(limited)
+    register = [s for s in kept if getattr(s, "register_a", False)]
+    assert bool(register) == (arch == "sm_90a" and b >= 16)  # the register-decode tiles, Hopper only
+    assert all(s.threads == 2 * s.block_n and (s.block_m <= 64) == (b <= 64) for s in register)
+    if arch == "sm_90a" and 16 <= b <= 1024:  # what runs untuned comes first: the register rule (b = M)
+        assert kept[0] == pick.__wrapped__("sm_90a", b, 4096, 4096, 128, 410, 132)
+
+
+def test_a_tuned_register_entry_overrides_the_rule_for_progressive_only(monkeypatch):
+    """A table tuned with the register-decode kernel in its space is taken as is (progressive); the
+    tables' older entries yield to the rule; mixllm, which has no such kernel, ignores the entry."""
+    import mixkern.schedules as schedules
+    entry = Schedule(64, 64, 128, 6, 128, 2, register_a=True)
+    monkeypatch.setattr(schedules, "load_table", lambda arch, timed_only=False: {"64:4096x4096": entry})
+    assert pick.__wrapped__("sm_90a", 40, 4096, 4096) == entry  # the rule alone: a 64 x 64 tile split 4 ways
+    assert registered("sm_90a", 40, 4096, 4096, 128, 132) != entry
+    mixllm = pick.__wrapped__("sm_90a", 40, 4096, 4096, 128, 0, None, 128, False)
+    assert not getattr(mixllm, "register_a", False)
 
 
 def test_pruning_rules():

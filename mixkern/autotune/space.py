@@ -5,7 +5,8 @@ activation quantization fused in, one or several row groups per block) and small
 tensor-core schedules with split-K; larger buckets try tensor-core tiles only, and above
 M = 64 the predecoded GEMM's tiles beside the in-loop-decode ones; on sm_90a every bucket
 from 16 tokens tries the overlapped decode's tiles too (64 x 128 and 64 x 256 split over K
-up to 64 tokens, 64- to 256-row token tiles above, 64 x 64 split over K up to 256).  Pruning is
+up to 64 tokens, 64- to 256-row token tiles above, 64 x 64 split over K up to 256) and the
+register-decode kernel's (16-64 token rows up to 64 tokens, 128-256 above).  Pruning is
 static, before anything compiles: shared memory per block, accumulator registers per
 thread, K divisibility, wgmma's 64-row minimum per warpgroup, idle lanes in the dp4a
 kernel.  What survives and still fails to compile is reported by the tuner, not hidden.
@@ -18,7 +19,7 @@ import random
 from collections import Counter
 
 from ..schedules import M_BUCKETS, SHARED_BYTES, AnySchedule, GemvSchedule, Schedule, fit
-from ..schedules.heuristic import choose
+from ..schedules.heuristic import choose, registered, sm_count
 
 ACC_REGS_PER_THREAD = 128  # int32 accumulators per thread beyond which the kernel spills
 
@@ -49,12 +50,23 @@ def _mma_space(bucket: int) -> list[Schedule]:
                       for bm, st in itertools.product((64, 128, 192, 256), (3, 4))]
     if bucket <= 256:  # narrow layers: one warpgroup on 64 weight rows, split over K
         overlapped += [Schedule(64, 64, 128, st, 128, sk, overlap=True) for st, sk in itertools.product((3, 4), (1, 2, 4, 8))]
-    in_loop += overlapped
+    in_loop += overlapped + _register_space(bucket)
     if bucket <= 64:
         return in_loop
     predecoded = [Schedule(bm, bn, 128, st, th, predecode=True)
                   for bm, bn, st, th in itertools.product((64, 128, 256), (128, 256), (3, 4), (128, 256))]
     return in_loop + predecoded
+
+
+def _register_space(bucket: int) -> list[Schedule]:
+    """The register-decode kernel's tiles (Hopper; tokens x weight rows, 64 weight rows a consumer
+    warpgroup): 16-64 token rows up to 64 tokens, split up to 8 ways; 128-256 above, up to 4."""
+    if bucket < 16:
+        return []
+    rows_options = (16,) if bucket <= 16 else (32, 64) if bucket <= 64 else (128, 192, 256)
+    stages, splits = (6, (1, 2, 4, 8)) if bucket <= 64 else (4, (1, 2, 4))
+    return [Schedule(tokens, rows, 128, stages, 2 * rows, sk, register_a=True)
+            for tokens, rows, sk in itertools.product(rows_options, (64, 128), splits)]
 
 
 def prune_reason(s: AnySchedule, arch: str, n: int, k: int, group_size: int) -> str | None:
@@ -74,8 +86,8 @@ def prune_reason(s: AnySchedule, arch: str, n: int, k: int, group_size: int) -> 
         if s.rows > max(n, 1):
             return "rows > N"
         return None
-    if s.overlap and base != "sm_90a":
-        return "Hopper only"  # elsewhere an overlap schedule is its in-loop tile again
+    if (s.overlap or s.register_a) and base != "sm_90a":
+        return "Hopper only"  # elsewhere an overlapped or register-decode schedule is its in-loop tile again
     if not s.stores_rows(n):
         return "output rows"  # the predecoded GEMM's TMA epilogue stores 16-byte runs
     if s.fitted(arch).shared_bytes() > SHARED_BYTES.get(base, 99 * 1024):  # both precisions, stages cut to 2
@@ -93,8 +105,11 @@ def bucket_m(bucket: int) -> int:
 
 
 def heuristic_for(arch: str, bucket: int, n: int, k: int, group_size: int, fraction_8bit: float) -> AnySchedule:
-    """What :mod:`mixkern.schedules.heuristic` runs for this entry when the table lacks it."""
-    return fit(choose(arch, bucket_m(bucket), n, k, group_size, round(fraction_8bit * n)), k, group_size)
+    """What :mod:`mixkern.schedules.heuristic` runs for this entry when the table lacks it: the
+    register-decode rule where it applies (as :func:`mixkern.schedules.pick` does), else :func:`choose`."""
+    m = bucket_m(bucket)
+    tile = registered(arch, m, n, k, group_size, sm_count(arch))
+    return fit(tile or choose(arch, m, n, k, group_size, round(fraction_8bit * n)), k, group_size)
 
 
 def candidates(arch: str, bucket: int, n: int, k: int, group_size: int = 128,

@@ -222,13 +222,18 @@ def pick(arch: str, m: int, n: int, k: int, group_size: int = 128, n8: int = 0, 
          overlap_rows: int = OVERLAP_ROWS, register_a: bool = True) -> AnySchedule:
     """The schedule for an (M, N, K) layer on ``arch`` (N = all output features, ``n8`` of them
     8-bit, ``sms`` the GPU's SM count; ``overlap_rows`` and ``register_a`` the format's, from
-    :func:`format_pick`): the register-decode kernel where it applies, else the tuned table's
-    entry, else the shape-aware heuristic of :mod:`.heuristic`; made runnable for this K by :func:`fit`."""
+    :func:`format_pick`): a tuned register-decode entry of the table, else the register-decode
+    rule where it applies, else the tuned table's entry, else the shape-aware heuristic of
+    :mod:`.heuristic`; made runnable for this K by :func:`fit`."""
     from .heuristic import choose, overlapped, predecoded, registered, sm_count
-    tile = registered(arch, m, n, k, group_size, sm_count(arch, sms)) if register_a else None
-    if tile is not None:  # newer than the tables, and faster than their entries where it applies (H100)
-        return fit(tile, k, group_size)
     tuned = load_table(arch, timed_only=True).get(table_key(m, n, k))
+    if getattr(tuned, "register_a", False):  # tuned with the register-decode kernel in the space
+        if register_a:
+            return fit(tuned, k, group_size)
+        tuned = None  # a format without that kernel (mixllm) falls back to the rules
+    tile = registered(arch, m, n, k, group_size, sm_count(arch, sms)) if register_a else None
+    if tile is not None:  # newer than the tables' other entries, and faster than them where it applies (H100)
+        return fit(tile, k, group_size)
     if tuned is not None and predecoded(arch, m, n, sm_count(arch, sms)) and not getattr(tuned, "predecode", False):
         tuned = None  # in-loop-decode entries lost to the predecoded GEMM wherever it applies (H100)
     if tuned is not None and overlapped(arch, m, n, k, n8, sm_count(arch, sms), overlap_rows) is not None:
