@@ -37,6 +37,11 @@ SCALE_PREFETCH = 4  # K tiles ahead that the producer loads the 4-bit rows' scal
 PRODUCER_REGS, CONSUMER_REGS = 40, 232  # setmaxnreg for token tiles of REBALANCE_MIN_TOKENS on two consumer warpgroups:
 REBALANCE_MIN_TOKENS = 256  # 128 int32 accumulators a thread spill at the even 168, and ptxas then serializes every wgmma
 
+
+def _rebalanced(s: Schedule) -> bool:
+    """Whether the producer warpgroup hands registers to the consumers (``setmaxnreg``)."""
+    return s.block_m >= REBALANCE_MIN_TOKENS and s.threads == 256
+
 REGISTER_DECODE_SOURCE = DECODE_SOURCE + r"""
 // Thread t's 16 packed bytes of one weight row's 128-wide K window (codes 32t .. 32t + 31,
 // mixkern.packing's word-interleaved chunks) -> its A-fragment registers of that row: physical
@@ -135,6 +140,8 @@ def _producer(s: Schedule, group_size: int, k: int):
 
     @T.macro
     def produce(X, Wt, S2, Z, X_s, W_s, S2_s, Z_s, full, empty, row0, rows, by, bz, nk, packed):
+        if _rebalanced(s):
+            T.dec_max_nreg(PRODUCER_REGS)
         p = T.get_thread_binding() % PRODUCER_THREADS
         first = bz * per_slice  # the slice's first K tile
         if packed:
@@ -164,7 +171,8 @@ def _producer(s: Schedule, group_size: int, k: int):
 
 
 def _consumer(s: Schedule, group_size: int):
-    """Per K tile j: wait for slot j % stages, fill register fragment j % 2 with this thread's two
+    """Clear the accumulator (after taking the registers the producer gave back, for
+    :func:`_rebalanced` tiles), then per K tile j: wait for slot j % stages, fill register fragment j % 2 with this thread's two
     rows (decoded or copied), issue the wgmma on it and the slot's X tile, then wait for the one
     before, hold its fragment up to there (``mixkern_hold_regs``: else ptxas reuses its registers
     while that wgmma still reads them) and free its slot.  The loop body runs two tiles, one per
@@ -201,6 +209,9 @@ def _consumer(s: Schedule, group_size: int):
 
     @T.macro
     def consume(X_s, W_s, S2_s, Z_s, frag0, frag1, acc, full, empty, nk, packed):
+        if _rebalanced(s):
+            T.inc_max_nreg(CONSUMER_REGS)
+        T.clear(acc)
         for jj in T.serial(T.ceildiv(nk, 2)):  # two tiles an iteration, so each fragment has its own decode
             step(X_s, W_s, S2_s, Z_s, frag0, frag1, acc, full, empty, 2 * jj, packed)
             if 2 * jj + 1 < nk:
@@ -240,32 +251,21 @@ def register_decode_gemm(k: int, group_size: int, schedule: Schedule, out_dtype:
             empty = T.alloc_barrier([consumers] * stages)
             tx = T.get_thread_binding()
             nk = T.min(per_slice, tiles - bz * per_slice)  # this K slice's tiles (the last may be short)
-            rebalance = bt >= REBALANCE_MIN_TOKENS and consumers == 256
             if has4 and (not has8 or bx < blocks4):
                 P_s = T.alloc_shared((stages, bw, bk // 2), "uint8")
                 S2_s = T.alloc_shared((stages, tile_groups(bk, group_size), bw), "uint8")
                 Z_s = T.alloc_shared((stages, tile_groups(bk, group_size), bw), "uint8")
                 if tx >= consumers:
-                    if rebalance:
-                        T.dec_max_nreg(PRODUCER_REGS)
                     produce(X, W4, S2, Z, X_s, P_s, S2_s, Z_s, full, empty, bx * bw, n4, by, bz, nk, True)
                 else:
-                    if rebalance:
-                        T.inc_max_nreg(CONSUMER_REGS)
-                    T.clear(acc)
                     consume(X_s, P_s, S2_s, Z_s, frag0, frag1, acc, full, empty, nk, True)
                     store(acc, A, S4, I4, Y, Acc, n4, bx * bw, 0, by)
             else:
                 W_s = T.alloc_shared((stages, bw, bk), "int8")
                 if tx >= consumers:
-                    if rebalance:
-                        T.dec_max_nreg(PRODUCER_REGS)
                     produce(X, W8, None, None, X_s, W_s, None, None, full, empty, (bx - blocks4) * bw, n8, by, bz, nk,
                             False)
                 else:
-                    if rebalance:
-                        T.inc_max_nreg(CONSUMER_REGS)
-                    T.clear(acc)
                     consume(X_s, W_s, None, None, frag0, frag1, acc, full, empty, nk, False)
                     store(acc, A, S8, I8, Y, Acc, n8, (bx - blocks4) * bw, n4 if has4 else 0, by)
 

@@ -149,10 +149,15 @@ def _register_few(m: int, n: int, k: int, sms: int) -> Schedule:
     tile = Schedule(tokens, 64, 128, 6, 128, register_a=True)
     while tile.split_k < REGISTER_MAX_SPLIT and _ceil(n, 64) * tile.split_k < REGISTER_FILL * sms:
         more = Schedule(tokens, 64, 128, 6, 128, 2 * tile.split_k, register_a=True)
-        if k // 128 < 2 * more.split_k or not more.slices_filled(k):  # slices of two tiles or more, none empty
+        if not _register_slices(more, k):
             break
         tile = more
     return tile
+
+
+def _register_slices(tile: Schedule, k: int) -> bool:
+    """Whether a split register-decode tile's K slices each hold two 128-wide tiles or more, none empty."""
+    return k // tile.block_k >= 2 * tile.split_k and tile.slices_filled(k)
 
 
 def _register_wide(m: int, n: int, k: int, sms: int) -> Schedule:
@@ -162,13 +167,13 @@ def _register_wide(m: int, n: int, k: int, sms: int) -> Schedule:
     :func:`distinct_token_counts` still reaches every choice).  Wider token tiles decode each
     weight tile for more tokens; narrower ones and splits fill the SMs on small grids."""
     best = None
+    outputs = 64 * _ceil(m, 64) * n  # M rounded up to 64: the choice changes only where ceil(M / 64) does
     for (tokens, rows, threads), per_tile in REGISTER_WIDE_TILES.items():
         for split in REGISTER_WIDE_SPLITS if tokens < REGISTER_WIDE_UNSPLIT_TOKENS else (1,):
             tile = Schedule(tokens, rows, 128, REGISTER_WIDE_STAGES, threads, split, register_a=True)
-            if split > 1 and (k // 128 < 2 * split or not tile.slices_filled(k)):
+            if split > 1 and not _register_slices(tile, k):
                 continue
             waves = _ceil(_ceil(n, rows) * _ceil(m, tokens) * split, sms)
-            outputs = 64 * _ceil(m, 64) * n  # M rounded up to 64: the choice changes only where ceil(M / 64) does
             cost = waves * tile.slice_tiles(k) * per_tile + (split > 1) * REGISTER_SPLIT_US_PER_MILLION * outputs / 1e6
             if best is None or cost < best[0]:
                 best = (cost, tile)
