@@ -64,6 +64,21 @@ def test_fused_logits_and_generate_equal_the_unfused_model_bit_for_bit(quantized
                        model.generate(prompt, max_new_tokens=6, do_sample=False))
 
 
+def test_siblings_without_bias_are_views_of_one_fused_output(quantized):
+    """No copy per sibling: gate and up are column views of one GEMM's output, equal to the
+    unfused layers' outputs; a Llama-style ``.view(..., heads, head_dim)`` works on them."""
+    model, _ = quantized
+    fused = _fused(model)
+    plain, mlp = model.model.layers[0].mlp, fused.model.layers[0].mlp
+    x = torch.randn(2, 5, plain.gate_proj.in_features, dtype=torch.float16)
+    with torch.no_grad():
+        gate, up = mlp.gate_proj(x), mlp.up_proj(x)
+        assert gate.untyped_storage().data_ptr() == up.untyped_storage().data_ptr()
+        assert not gate.is_contiguous() and gate.stride() == (5 * 2 * mlp.gate_proj.out_features, 2 * mlp.gate_proj.out_features, 1)
+        assert torch.equal(gate, plain.gate_proj(x)) and torch.equal(up, plain.up_proj(x))
+        assert torch.equal(gate.view(2, 5, -1, 16), plain.gate_proj(x).view(2, 5, -1, 16))
+
+
 class _Siblings(nn.Module):
     """q, k, v over one input, with a hook between the calls."""
 

@@ -98,7 +98,10 @@ PREDECODE_TILES = (Schedule(128, 256, 128, 3, 256, predecode=True), Schedule(128
                    Schedule(64, 128, 128, 4, 128, predecode=True))
 
 
-REGISTER_MIN_M, REGISTER_MAX_M = 9, 1024  # the register-decode kernel's token counts (H100: measured at 12-1024)
+REGISTER_MIN_M, REGISTER_MAX_M = 5, 1024  # the register-decode kernel's token counts (H100: measured at 2-1024)
+REGISTER_FEW_MAX_M = 8  # 5-8 tokens only on layers of more than REGISTER_FEW_MIN_WEIGHTS (N x K): there the dp4a GEMV
+REGISTER_FEW_MIN_WEIGHTS = 4096 * 4096  # for 5-8 tokens won (4096 x 4096 0.93x, 1024 x 4096 0.74x); at 2-4 tokens the
+# 4-token GEMV won on most layers (0.70-0.93x; 1.00-1.05x on 14336 x 4096 and 18944 x 3584 only), H100, stop 35
 REGISTER_LONG_MIN_M = 513  # from here only on layers of at least REGISTER_LONG_MIN_WEIGHTS (N x K) and N (below, the
 REGISTER_LONG_MIN_WEIGHTS, REGISTER_LONG_MIN_N = 4096 * 4096, 3584  # predecoded GEMM won at 1024 tokens: 1024 x 4096
 # 0.83x, 2048 x 11008 0.67x, its blocks re-reading long rows of X from L2)
@@ -121,15 +124,18 @@ REGISTER_WIDE_STAGES = 4
 
 def registered(arch: str, m: int, n: int, k: int, group_size: int, sms: int) -> Schedule | None:
     """The register-decode schedule (:mod:`mixkern.kernels.register_decode`) for an M x N x K
-    layer, or None where it does not apply: sm_90a, REGISTER_MIN_M..REGISTER_MAX_M tokens (17-64
-    only up to K = REGISTER_MAX_K_ABOVE_16, from 513 only where N >= 3584 and N x K >= 4096 x 4096), K a
-    multiple of 128 and groups of a multiple of 32.  Up to 64 tokens :func:`_register_few`, above
-    :func:`_register_wide` (docs/kernels.md: on the H100 the cells this rule takes ran 1.02-1.38x
-    faster than the picks they replaced at 12-64 tokens, except 1024 x 4096 at 12-16 tokens,
-    0.79x, and 18944 x 3584 at 64, 0.97x; 65-1024 tokens: stop 34)."""
+    layer, or None where it does not apply: sm_90a, REGISTER_MIN_M..REGISTER_MAX_M tokens (5-8 only
+    where N x K > 4096 x 4096, 17-64 only up to K = REGISTER_MAX_K_ABOVE_16, from 513 only where
+    N >= 3584 and N x K >= 4096 x 4096), K a multiple of 128 and groups of a multiple of 32.  Up to
+    64 tokens :func:`_register_few`, above :func:`_register_wide` (docs/kernels.md: on the H100 the
+    cells this rule takes ran 1.02-1.38x faster than the picks they replaced at 12-64 tokens,
+    except 1024 x 4096 at 12-16 tokens, 0.79x, and 18944 x 3584 at 64, 0.97x; 5-8 tokens
+    1.02-1.36x; 65-1024 tokens: stop 34)."""
     if arch.split("+")[0] != "sm_90a" or not REGISTER_MIN_M <= m <= REGISTER_MAX_M or k % 128 or group_size % 32:
         return None
     if m >= REGISTER_LONG_MIN_M and (n * k < REGISTER_LONG_MIN_WEIGHTS or n < REGISTER_LONG_MIN_N):
+        return None
+    if m <= REGISTER_FEW_MAX_M and n * k <= REGISTER_FEW_MIN_WEIGHTS:
         return None
     if m > REGISTER_TOKEN_TILES[-1]:
         return _register_wide(m, n, k, sms)
@@ -139,7 +145,7 @@ def registered(arch: str, m: int, n: int, k: int, group_size: int, sms: int) -> 
 
 
 def _register_few(m: int, n: int, k: int, sms: int) -> Schedule:
-    """9..64 tokens, one token tile of 16, 32 or 64.  Layers with half a wave of 128-row blocks
+    """5..64 tokens, one token tile of 16, 32 or 64.  Layers with half a wave of 128-row blocks
     run them unsplit (splitting cost 1.2-1.6x at 64 tokens on 14336 x 4096 and 28672 x 8192);
     narrower ones run 64-row blocks, K split in powers of two (slices may differ by a tile)
     until 1.5 blocks per SM."""
