@@ -1,5 +1,5 @@
 """python scripts/register_decode_check.py (GPU, sm_90a, ~2 min with compiles on 16 cores): the register-decode
-kernel (9..1024 tokens) bit-equal to the reference over awkward M (1..77 on token tiles of 16-64 rows, 1..777
+kernel (5..1024 tokens) bit-equal to the reference over awkward M (1..77 on token tiles of 16-64 rows, 1..777
 on 128, 192 and 256), uneven K slices (3, 5 of them), splits 2, 4 and 8, both precisions alone and mixed, fp16 and bf16,
 groups of 64 and 128; outputs poisoned.  REGISTER_QUICK=1: every third tile at one M (for compute-sanitizer memcheck /
 racecheck)."""
