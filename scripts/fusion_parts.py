@@ -4,45 +4,31 @@
     python scripts/fusion_parts.py --model qwen2.5-7b --m 16 512
 
 Builds a 1-layer model of the preset's shapes (random weights, 10% 8-bit rows), fuses q/k/v and
-gate/up, and times each part captured 20 times in one CUDA graph (µs a call, median of 5
-replays): the fused GEMM alone, the siblings as the forward calls them (views of the fused
-output), the same siblings followed by a contiguous copy each (what stop 34's slices did), and
-the whole MLP both ways, beside the fp16 layers.  Prints a markdown table.
+gate/up, and times each part captured 20 times in one CUDA graph (µs a call: the median replay,
+by triton's do_bench, over the 20 calls): the fused GEMM alone, the siblings as the forward
+calls them (views of the fused output), the same siblings followed by a contiguous copy each
+(what stop 34's slices did), and the whole MLP both ways, beside the fp16 layers.  Prints a
+markdown table.
 """
 from __future__ import annotations
 
 import argparse
 import copy
-import statistics
-import time
 
 import torch
 import torch.nn.functional as F
 
 import mixkern
 from mixkern import bench_model
+from mixkern.bench import _rotated_ms
+
+CALLS = 20  # calls captured in one graph: its launch is paid once for all of them
 
 
-def graph_us(fn, calls: int = 20, replays: int = 5) -> float:
-    """µs per call of ``fn`` captured ``calls`` times in one CUDA graph (median replay)."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(calls):
-            fn()
-    times = []
-    for _ in range(replays):
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        graph.replay()
-        torch.cuda.synchronize()
-        times.append((time.perf_counter() - t0) / calls)
-    return statistics.median(times) * 1e6
+def graph_us(fn) -> float:
+    """µs per call of ``fn``, :data:`CALLS` calls captured back to back in one CUDA graph
+    (:func:`mixkern.bench._rotated_ms`, the per-layer benchmark's timer; same operands each call)."""
+    return _rotated_ms(lambda i: fn(), CALLS) * 1e3
 
 
 def parts(layer, fp16: dict, m: int, device) -> dict[str, float]:
